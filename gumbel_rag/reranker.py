@@ -1,0 +1,332 @@
+"""GumbelReranker: one scoring core for inference and end-to-end training.
+
+A bi-encoder (sentence-transformers ``SentenceTransformer``) scores ``cos(q, d) / temperature``;
+a cross-encoder (sentence-transformers ``CrossEncoder`` over any Hugging Face
+sequence-classification model) scores its relevance logit. Inference and training run the
+same ``_score_flat`` code: inference wraps it in ``torch.inference_mode``, training keeps grad.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from sentence_transformers import CrossEncoder, SentenceTransformer
+from torch import nn
+
+from gumbel_rag.defaults import default_reranker_path
+from gumbel_rag.modelfiles import ModelKind, detect_kind, resolve_model_dir
+
+__all__ = ["GumbelReranker", "RankedDocument"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "gumbel_rag.json"
+DEFAULT_TEMPERATURE = 0.05
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    """One reranked input: its position in the input list, its text and its score."""
+
+    index: int
+    text: str
+    score: float
+
+
+def _check_texts(documents: Sequence[Any], what: str = "document") -> list[str]:
+    if isinstance(documents, str):
+        raise TypeError(f"expected a sequence of {what}s, got a single string")
+    texts = list(documents)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what} at index {i} is {type(text).__name__}, expected str")
+    return texts
+
+
+def _flatten(
+    queries: Sequence[str], documents: Sequence[Sequence[str]]
+) -> tuple[list[str], list[str], list[int], list[int]]:
+    """Validate a batch and flatten it to (queries, documents, query index per document, counts)."""
+    query_list = _check_texts(queries, "query")
+    if len(query_list) != len(documents):
+        raise ValueError(f"got {len(query_list)} queries but {len(documents)} document lists")
+    flat: list[str] = []
+    query_of: list[int] = []
+    counts: list[int] = []
+    for q, docs in enumerate(documents):
+        texts = _check_texts(docs)
+        flat.extend(texts)
+        query_of.extend([q] * len(texts))
+        counts.append(len(texts))
+    return query_list, flat, query_of, counts
+
+
+def _length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Yield index batches of similar length, longest first, so padding is not paid for."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+class GumbelReranker(nn.Module):
+    """A reranker that scores (query, document) pairs; trainable end to end with Gumbel Reranking."""
+
+    def __init__(
+        self,
+        model: SentenceTransformer | CrossEncoder,
+        *,
+        temperature: float = DEFAULT_TEMPERATURE,
+        batch_size: int = 32,
+    ) -> None:
+        """Wrap a loaded sentence-transformers model; use :meth:`from_pretrained` to load one."""
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.model = model
+        self.kind: ModelKind = "cross-encoder" if isinstance(model, CrossEncoder) else "bi-encoder"
+        self.temperature = float(temperature)
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------ loading / saving
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path | None = None,
+        *,
+        kind: Literal["auto", "bi-encoder", "cross-encoder"] = "auto",
+        device: str | torch.device | None = None,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        temperature: float | None = None,
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> GumbelReranker:
+        """Load a bi-encoder or cross-encoder; ``None`` loads the offline default (all-MiniLM-L6-v2)."""
+        path = default_reranker_path() if name_or_path is None else resolve_model_dir(name_or_path)
+        detected, reason = detect_kind(path)
+        if kind == "auto":
+            kind = detected
+        elif kind not in ("bi-encoder", "cross-encoder"):
+            raise ValueError(f"kind must be 'auto', 'bi-encoder' or 'cross-encoder', got {kind!r}")
+        elif kind != detected:
+            raise ValueError(
+                f"{name_or_path or path} looks like a {detected} ({reason}), not a {kind}; "
+                f"pass kind='{detected}' or kind='auto'"
+            )
+        saved = _read_config(path)
+        device_str = str(device) if device is not None else None
+        common: dict[str, Any] = {
+            "device": device_str,
+            "trust_remote_code": trust_remote_code,
+            "local_files_only": True,
+            "model_kwargs": model_kwargs,
+        }
+        if kind == "cross-encoder":
+            model: SentenceTransformer | CrossEncoder = CrossEncoder(str(path), **common)
+        else:
+            model = SentenceTransformer(str(path), **common)
+        if max_length is not None:
+            model.max_seq_length = max_length
+        temp = temperature if temperature is not None else saved.get("temperature", DEFAULT_TEMPERATURE)
+        # Like transformers' from_pretrained: ready for inference; trainers call .train().
+        return cls(model, temperature=temp, batch_size=batch_size).eval()
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write a sentence-transformers directory (safetensors) that stock tools load too."""
+        path = Path(path)
+        self.model.save_pretrained(str(path), safe_serialization=True)
+        config = {"kind": self.kind, "temperature": self.temperature, "format_version": 1}
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf8")
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on."""
+        return self.model.device
+
+    @property
+    def max_length(self) -> int | None:
+        """Token limit per input (longer inputs are truncated)."""
+        return self.model.max_seq_length
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer of the underlying model."""
+        return self.model.tokenizer
+
+    # ------------------------------------------------------------------ the shared scoring core
+
+    def _features(self, inputs: list[Any]) -> dict[str, Any]:
+        features = self.model.preprocess(inputs)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        if not texts:
+            return torch.empty(0, self._embedding_dim(), device=self.device)
+        out = self.model(self._features(texts))["sentence_embedding"]
+        return nn.functional.normalize(out.float(), dim=-1)
+
+    def _embedding_dim(self) -> int:
+        dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else None
+        if dim is None:
+            dim = self.model.get_sentence_embedding_dimension()
+        return int(dim)
+
+    def _cross_scores(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
+        logits = self.model(self._features(pairs))["scores"].float()
+        if logits.ndim == 1:
+            return logits
+        if logits.shape[-1] == 1:
+            return logits[:, 0]
+        if logits.shape[-1] == 2:
+            # Two-class heads: the log-odds of "relevant" is the ranking-equivalent single logit.
+            return logits[:, 1] - logits[:, 0]
+        raise ValueError(
+            f"cross-encoder has {logits.shape[-1]} output labels; only 1 (score) or 2 (irrelevant/relevant) "
+            "can be used for ranking"
+        )
+
+    def _bucketed(self, lengths: list[int], run: Any) -> torch.Tensor:
+        """Apply ``run(indices) -> Tensor`` to length buckets and restore input order."""
+        order: list[int] = []
+        chunks = []
+        for idx in _length_buckets(lengths, self.batch_size):
+            order.extend(idx)
+            chunks.append(run(idx))
+        inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
+        inverse[torch.tensor(order, device=self.device)] = torch.arange(len(order), device=self.device)
+        return torch.cat(chunks)[inverse]
+
+    def _score_flat(self, queries: list[str], documents: list[str], query_of: list[int]) -> torch.Tensor:
+        """Score pair p = (queries[query_of[p]], documents[p]), batched by length; keeps grad."""
+        if not documents:
+            return torch.empty(0, device=self.device)
+        if self.kind == "bi-encoder":
+            q_emb = self._embed(queries)
+            d_emb = self._bucketed(
+                [len(d) for d in documents], lambda idx: self._embed([documents[i] for i in idx])
+            )
+            q_index = torch.tensor(query_of, device=self.device)
+            return (q_emb[q_index] * d_emb).sum(-1) / self.temperature
+        pairs = [(queries[query_of[p]], documents[p]) for p in range(len(documents))]
+        return self._bucketed(
+            [len(a) + len(b) for a, b in pairs], lambda idx: self._cross_scores([pairs[i] for i in idx])
+        )
+
+    def _warn_if_truncated(self, queries: list[str], documents: list[str], query_of: list[int]) -> None:
+        limit = self.max_length
+        if limit is None or not documents:
+            return
+        tok = self.tokenizer
+        if self.kind == "bi-encoder":
+            lengths = [len(ids) for ids in tok(documents, add_special_tokens=True)["input_ids"]]
+        else:
+            enc = tok([queries[q] for q in query_of], documents, add_special_tokens=True)
+            lengths = [len(ids) for ids in enc["input_ids"]]
+        over = sum(n > limit for n in lengths)
+        if over:
+            warnings.warn(
+                f"{over} of {len(documents)} inputs exceed the model's limit of {limit} tokens and were "
+                "truncated",
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ differentiable path (training)
+
+    def forward(
+        self, queries: Sequence[str], documents: Sequence[Sequence[str]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score a batch with grad: returns scores (B, N) and a bool mask (B, N) of real candidates."""
+        queries, flat, query_of, counts = _flatten(queries, documents)
+        flat_scores = self._score_flat(queries, flat, query_of)
+        scores = nn.utils.rnn.pad_sequence(list(flat_scores.split(counts)), batch_first=True)
+        valid = nn.utils.rnn.pad_sequence(
+            [torch.ones(n, dtype=torch.bool, device=self.device) for n in counts], batch_first=True
+        )
+        return scores, valid
+
+    # ------------------------------------------------------------------ inference
+
+    def score_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Score each query's documents (no grad, one length-bucketed pass over all pairs)."""
+        queries, flat, query_of, counts = _flatten(queries, documents)
+        # Identical pairs are scored once: RAG candidate lists repeat, and equal inputs must tie exactly.
+        slot: dict[tuple[int, str], int] = {}
+        pair_slot = [slot.setdefault((q, d), len(slot)) for q, d in zip(query_of, flat, strict=True)]
+        unique_docs = [d for _, d in slot]
+        unique_query_of = [q for q, _ in slot]
+        self._warn_if_truncated(queries, unique_docs, unique_query_of)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                unique_values = self._score_flat(queries, unique_docs, unique_query_of).float().cpu().tolist()
+        finally:
+            self.train(was_training)
+        values = [unique_values[i] for i in pair_slot]
+        out, offset = [], 0
+        for n in counts:
+            out.append(values[offset : offset + n])
+            offset += n
+        return out
+
+    def score(self, query: str, documents: Sequence[str]) -> list[float]:
+        """Score documents against one query (higher is more relevant)."""
+        if not isinstance(query, str):
+            raise TypeError(f"query is {type(query).__name__}, expected str")
+        return self.score_batch([query], [documents])[0]
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        score_threshold: float | None = None,
+    ) -> list[RankedDocument]:
+        """Rank documents by score (ties keep input order), then apply top_k and score_threshold."""
+        if top_k is not None and top_k <= 0:
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+        texts = _check_texts(documents)
+        scores = self.score(query, texts)
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])
+        ranked = [RankedDocument(index=i, text=texts[i], score=scores[i]) for i in order]
+        if score_threshold is not None:
+            ranked = [r for r in ranked if r.score >= score_threshold]
+        return ranked if top_k is None else ranked[:top_k]
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised embeddings (bi-encoders only), e.g. for dense candidate mining."""
+        if self.kind != "bi-encoder":
+            raise TypeError("encode() needs a bi-encoder; a cross-encoder scores pairs only")
+        texts = _check_texts(texts, "text")
+        was_training = self.training
+        self.eval()
+        try:
+            if not texts:
+                return torch.empty(0, self._embedding_dim())
+            out = self._bucketed([len(t) for t in texts], lambda idx: self._embed([texts[i] for i in idx]))
+        finally:
+            self.train(was_training)
+        return out.cpu()
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    file = path / CONFIG_NAME
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text(encoding="utf8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file} is not valid JSON: {exc}") from exc
