@@ -15,7 +15,9 @@ def gumbel_noise(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Draw standard Gumbel noise G = -log(-log u), u ~ U(0, 1)."""
-    u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+    # Sample where the generator lives so a CPU generator seeds GPU runs reproducibly too.
+    sample_device = generator.device if generator is not None else device
+    u = torch.rand(shape, generator=generator, device=sample_device, dtype=dtype).to(device)
     # u == 0 would give +inf; the smallest positive float keeps every sample finite.
     tiny = torch.finfo(dtype).tiny
     return -torch.log(-torch.log(u.clamp(min=tiny, max=1.0 - torch.finfo(dtype).eps)))

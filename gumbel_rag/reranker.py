@@ -230,9 +230,11 @@ class GumbelReranker(nn.Module):
             return
         tok = self.tokenizer
         if self.kind == "bi-encoder":
-            lengths = [len(ids) for ids in tok(documents, add_special_tokens=True)["input_ids"]]
+            lengths = [
+                len(ids) for ids in tok(documents, add_special_tokens=True, verbose=False)["input_ids"]
+            ]
         else:
-            enc = tok([queries[q] for q in query_of], documents, add_special_tokens=True)
+            enc = tok([queries[q] for q in query_of], documents, add_special_tokens=True, verbose=False)
             lengths = [len(ids) for ids in enc["input_ids"]]
         over = sum(n > limit for n in lengths)
         if over:

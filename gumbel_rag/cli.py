@@ -1,0 +1,327 @@
+"""The ``gumbel-rag`` command line: rerank, train, eval, mine and the demo (the README's main job)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+FORMAT_CHOICES = ["auto", "qalog", "hotpotqa", "musique"]
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,5, got {text!r}") from exc
+    if not ks or any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(f"every k must be >= 1, got {text!r}")
+    return ks
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow model code from the model directory to run (off by default; only for models you trust)",
+    )
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reader", default=None, help="reader LLM name or path (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--k", type=_positive_int, default=5, help="documents the reader sees (relaxed top-k)")
+    p.add_argument("--kappa", type=float, default=1.0, help="scale of the reranker scores before the noise")
+    p.add_argument("--tau", type=float, default=0.5, help="temperature of the relaxed top-k")
+    p.add_argument("--no-noise", action="store_true", help="ablation: no Gumbel noise")
+    p.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training data")
+    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (linear warm-up and decay)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per micro-batch")
+    p.add_argument("--grad-accum", type=_positive_int, default=4, help="micro-batches per optimizer step")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
+    p.add_argument("--eval-every", type=_positive_int, default=50, help="evaluate on --dev every N steps")
+    p.add_argument("--save-every", type=_positive_int, default=50, help="checkpoint every N steps")
+    p.add_argument("--eval-k", type=_ks, default=(2, 5), help="k values for Recall@k, e.g. 2,5")
+    p.add_argument(
+        "--max-document-tokens", type=_positive_int, default=128, help="reader tokens per document"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for data order, noise and initialisation")
+    p.add_argument(
+        "--mixed-precision",
+        choices=["auto", "no", "bf16", "fp16"],
+        default="auto",
+        help="auto: bf16 on a GPU that supports it, else fp32",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``gumbel-rag`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="gumbel-rag",
+        description="Fine-tune RAG rerankers end to end from question/answer pairs (Gumbel Reranking).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("rerank", help="rank documents for a query and print JSON")
+    p.add_argument("--query", required=True, help="the query text")
+    p.add_argument(
+        "--documents",
+        required=True,
+        type=Path,
+        help="JSONL file: one document per line, a JSON string or an object with 'text' (other keys kept)",
+    )
+    p.add_argument("--top-k", type=_positive_int, default=None, help="keep the best N (default: all)")
+    p.add_argument("--score-threshold", type=float, default=None, help="drop documents scoring below this")
+    p.add_argument("--model", default=None, help="reranker name or path (default: all-MiniLM-L6-v2)")
+    _add_model_args(p)
+
+    p = sub.add_parser("train", help="fine-tune a reranker from QA data through a frozen reader")
+    p.add_argument(
+        "--data", nargs="+", required=True, type=Path, help="training files (QA log/HotpotQA/MuSiQue)"
+    )
+    p.add_argument("--dev", type=Path, default=None, help="labelled dev file for Recall@k during training")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="auto", help="input format (default: detect)")
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="skip invalid rows (listed) instead of failing"
+    )
+    p.add_argument("--reranker", default=None, help="reranker to start from (default: all-MiniLM-L6-v2)")
+    p.add_argument("--output", required=True, type=Path, help="directory for the model, logs and checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    _add_train_args(p)
+    _add_model_args(p)
+
+    p = sub.add_parser("eval", help="evaluate a reranker on labelled data (Recall@k, NDCG@k, MRR)")
+    p.add_argument(
+        "--data", required=True, type=Path, help="labelled file (QA log with gold, HotpotQA, MuSiQue)"
+    )
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="auto", help="input format (default: detect)")
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="skip invalid rows (listed) instead of failing"
+    )
+    p.add_argument("--reranker", default=None, help="reranker name or path (default: all-MiniLM-L6-v2)")
+    p.add_argument("--k", type=_ks, default=(2, 5), help="k values, comma-separated (default 2,5)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_model_args(p)
+
+    p = sub.add_parser("mine", help="add retrieved candidates to a QA log from a corpus")
+    p.add_argument("--data", required=True, type=Path, help="QA log without (or with) candidates")
+    p.add_argument(
+        "--corpus", required=True, type=Path, help="corpus: JSONL/CSV/Parquet with 'text', or .txt"
+    )
+    p.add_argument("--output", required=True, type=Path, help="QA log JSONL to write, with candidates")
+    p.add_argument("--retriever", choices=["bm25", "dense"], default="bm25", help="how to retrieve")
+    p.add_argument("--top-n", type=_positive_int, default=10, help="candidates per question")
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job: fine-tune the default reranker on generated multi-hop QA, Recall before/after",
+    )
+    p.add_argument("--output", type=Path, default=Path("outputs/demo"), help="where the model and logs go")
+    p.add_argument("--train-size", type=_positive_int, default=160, help="generated training questions")
+    p.add_argument("--dev-size", type=_positive_int, default=60, help="generated held-out questions")
+    _add_train_args(p)
+    _add_model_args(p)
+    p.set_defaults(k=2, epochs=1, lr=2e-5, eval_every=10, save_every=20)
+    return parser
+
+
+def _version() -> str:
+    from gumbel_rag import __version__
+
+    return __version__
+
+
+def _read_documents(path: Path) -> list[dict[str, Any]]:
+    docs = []
+    try:
+        lines = path.read_text(encoding="utf8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"error: {path}: not UTF-8 text ({exc})") from exc
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"error: {path}:{n}: invalid JSON ({exc.msg})") from exc
+        if isinstance(row, str):
+            row = {"text": row}
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise SystemExit(f"error: {path}:{n}: field 'text': expected a string")
+        docs.append(row)
+    return docs
+
+
+def _cmd_rerank(args: argparse.Namespace) -> int:
+    from gumbel_rag import GumbelReranker
+
+    docs = _read_documents(args.documents)
+    reranker = GumbelReranker.from_pretrained(
+        args.model, device=args.device, trust_remote_code=args.trust_remote_code
+    )
+    ranked = reranker.rerank(
+        args.query, [d["text"] for d in docs], top_k=args.top_k, score_threshold=args.score_threshold
+    )
+    out = [{**docs[r.index], "index": r.index, "score": r.score} for r in ranked]
+    json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _load(paths: Sequence[Path], fmt: str, skip_invalid: bool) -> tuple[list, Any]:
+    from gumbel_rag.data import DataError, load_many
+
+    try:
+        return load_many(list(paths), format=fmt, skip_invalid=skip_invalid)
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}\n(use --skip-invalid to skip invalid rows)") from exc
+
+
+def _train_config(args: argparse.Namespace, output: Path, resume: bool) -> Any:
+    from gumbel_rag.trainer import TrainConfig
+
+    return TrainConfig(
+        output_dir=str(output),
+        k=args.k,
+        kappa=args.kappa,
+        tau=args.tau,
+        noise=not args.no_noise,
+        learning_rate=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        eval_ks=args.eval_k,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        resume=resume,
+        max_steps=args.max_steps,
+        progress=not args.no_progress,
+    )
+
+
+def _load_models(args: argparse.Namespace, reranker_name: str | None) -> tuple[Any, Any]:
+    from gumbel_rag import GumbelReranker
+    from gumbel_rag.readers import load_reader
+
+    reranker = GumbelReranker.from_pretrained(
+        reranker_name, device=args.device, trust_remote_code=args.trust_remote_code
+    )
+    reader = load_reader(
+        args.reader,
+        device=args.device,
+        max_document_tokens=args.max_document_tokens,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return reranker, reader
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("recall@", "mrr")))
+    print(f"{title}: {shown} (n={int(metrics.get('n', 0))})")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gumbel_rag.data import filter_trainable
+    from gumbel_rag.trainer import train
+
+    examples, summary = _load(args.data, args.format, args.skip_invalid)
+    print(f"loaded {summary}")
+    examples, usable = filter_trainable(examples, args.k)
+    print(f"trainable with k={args.k}: {usable}")
+    dev = None
+    if args.dev is not None:
+        dev, dev_summary = _load([args.dev], args.format, args.skip_invalid)
+        print(f"dev: {dev_summary}")
+    reranker, reader = _load_models(args, args.reranker)
+    result = train(reranker, reader, examples, _train_config(args, args.output, args.resume), dev)
+    if result.initial_metrics:
+        _print_metrics("dev before", result.initial_metrics)
+    if result.final_metrics:
+        _print_metrics("dev after ", result.final_metrics)
+    print(f"{result.steps} steps ({result.skipped_steps} skipped), {result.seconds_per_step:.2f} s/step")
+    print(f"model: {result.model_dir}\nlogs: {result.log_dir} (tensorboard --logdir {result.log_dir})")
+    print(f"curves: {result.curves_png}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from gumbel_rag import GumbelReranker
+    from gumbel_rag.evaluation import evaluate_reranker
+
+    examples, summary = _load([args.data], args.format, args.skip_invalid)
+    reranker = GumbelReranker.from_pretrained(
+        args.reranker, device=args.device, trust_remote_code=args.trust_remote_code
+    )
+    metrics = evaluate_reranker(reranker, examples, ks=args.k, progress=not args.json)
+    if args.json:
+        json.dump(
+            {"data": str(args.data), "reranker": args.reranker or "default", **metrics}, sys.stdout, indent=2
+        )
+        sys.stdout.write("\n")
+        return 0
+    print(f"loaded {summary}")
+    if not metrics.get("n"):
+        print("no labelled examples (gold documents) to evaluate")
+        return 1
+    for key, value in metrics.items():
+        print(f"{key:>20}  {value:.4f}" if isinstance(value, float) else f"{key:>20}  {value}")
+    return 0
+
+
+def _cmd_mine(args: argparse.Namespace) -> int:
+    from gumbel_rag.data import DataError, mine_file
+
+    try:
+        summary = mine_file(args.data, args.corpus, args.output, retriever=args.retriever, top_n=args.top_n)
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(f"mined {summary}; wrote {args.output}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gumbel_rag.demo import run_demo
+
+    return run_demo(args)
+
+
+COMMANDS = {
+    "rerank": _cmd_rerank,
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "mine": _cmd_mine,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gumbel-rag`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    code = COMMANDS[args.command](args)
+    if args.command in ("train", "demo"):
+        print(f"done in {time.perf_counter() - start:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""Data: the QA-example schema, loaders for QA logs / HotpotQA / MuSiQue, synthetic data and mining."""
+
+from gumbel_rag.data.formats import (
+    FORMATS,
+    detect_format,
+    filter_trainable,
+    load_examples,
+    load_many,
+    write_qalog,
+)
+from gumbel_rag.data.mining import load_corpus, mine_candidates, mine_file
+from gumbel_rag.data.schema import Candidate, DataError, LoadSummary, QAExample
+from gumbel_rag.data.synthetic import generate_multihop
+
+__all__ = [
+    "FORMATS",
+    "Candidate",
+    "DataError",
+    "LoadSummary",
+    "QAExample",
+    "detect_format",
+    "filter_trainable",
+    "generate_multihop",
+    "load_corpus",
+    "load_examples",
+    "load_many",
+    "mine_candidates",
+    "mine_file",
+    "write_qalog",
+]

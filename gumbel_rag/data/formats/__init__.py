@@ -1,0 +1,154 @@
+"""Loading QA logs, HotpotQA and MuSiQue into QAExamples, filtering, and writing QA logs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from gumbel_rag.data.formats.hotpotqa import parse_hotpotqa_row
+from gumbel_rag.data.formats.musique import parse_musique_row
+from gumbel_rag.data.formats.qalog import (
+    Where,
+    container_of,
+    parse_qalog_row,
+    peek_keys,
+    read_rows,
+    write_qalog,
+)
+from gumbel_rag.data.schema import DataError, LoadSummary, QAExample
+
+__all__ = [
+    "FORMATS",
+    "Format",
+    "detect_format",
+    "filter_trainable",
+    "load_examples",
+    "load_many",
+    "write_qalog",
+]
+
+Format = Literal["qalog", "hotpotqa", "musique"]
+FORMATS: tuple[Format, ...] = ("qalog", "hotpotqa", "musique")
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq")
+
+_PARSERS: dict[Format, Callable[[dict[str, Any], Where, bool], QAExample]] = {
+    "qalog": parse_qalog_row,
+    "hotpotqa": parse_hotpotqa_row,
+    "musique": parse_musique_row,
+}
+
+
+def format_of_keys(keys: set[str]) -> Format:
+    """The format a row with these keys is in."""
+    if "paragraphs" in keys:
+        return "musique"
+    if {"context", "supporting_facts"} & keys and "question" in keys:
+        return "hotpotqa"
+    return "qalog"
+
+
+def detect_format(path: str | Path) -> Format:
+    """Which format a file holds, from its extension (the container) and its first row's keys."""
+    container_of(path)  # raises a clear DataError for an unsupported extension
+    return format_of_keys(peek_keys(path))
+
+
+def _check_format(format: str) -> None:
+    if format != "auto" and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {', '.join(FORMATS)}")
+
+
+def load_examples(
+    path: str | Path, format: str = "auto", *, skip_invalid: bool = False
+) -> tuple[list[QAExample], LoadSummary]:
+    """Load one file; invalid rows raise DataError, or with ``skip_invalid`` are skipped and counted."""
+    _check_format(format)
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    summary = LoadSummary()
+    try:
+        fmt: Format = detect_format(p) if format == "auto" else format  # type: ignore[assignment]
+        rows, encoded = read_rows(path)
+        if not rows:
+            raise DataError("empty file: no rows", path=str(path), reason="empty file")
+    except DataError as err:
+        if not skip_invalid:
+            raise
+        summary.skip_error(err)
+        return [], summary
+    parse = _PARSERS[fmt]
+    examples = []
+    for line, row in rows:
+        try:
+            if isinstance(row, DataError):
+                raise row
+            examples.append(parse(row, (str(path), line), encoded))
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            summary.skip_error(err)
+    summary.loaded = len(examples)
+    return examples, summary
+
+
+def _expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and _is_data_file(f))
+            if not found:
+                raise FileNotFoundError(f"no data files ({', '.join(DATA_SUFFIXES)}) in directory {p}")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+def _is_data_file(p: Path) -> bool:
+    name = p.name.lower().removesuffix(".gz")
+    return name.endswith(DATA_SUFFIXES)
+
+
+def load_many(
+    paths: str | Path | Iterable[str | Path], format: str = "auto", skip_invalid: bool = False
+) -> tuple[list[QAExample], LoadSummary]:
+    """Load several files (a directory stands for its data files, sorted) into one list and summary."""
+    _check_format(format)
+    examples: list[QAExample] = []
+    summary = LoadSummary()
+    for p in _expand(paths):
+        loaded, part = load_examples(p, format, skip_invalid=skip_invalid)
+        examples.extend(loaded)
+        summary = summary.merge(part)
+    return examples, summary
+
+
+def _origin(ex: QAExample, position: int) -> tuple[str, int]:
+    if ex.source and ":" in ex.source:
+        path, _, line = ex.source.rpartition(":")
+        if line.isdigit():
+            return path, int(line)
+    return ex.id or "<examples>", position + 1
+
+
+def filter_trainable(examples: Sequence[QAExample], k: int) -> tuple[list[QAExample], LoadSummary]:
+    """Keep the rows that can teach a top-``k`` reranker: those with more than ``k`` candidates."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    kept: list[QAExample] = []
+    summary = LoadSummary()
+    for position, ex in enumerate(examples):
+        n = len(ex.candidates)
+        if n > k:
+            kept.append(ex)
+            continue
+        # With n <= k the top-k keeps every candidate whatever the scores, so no gradient reaches them.
+        reason = "no candidates" if n == 0 else f"at most k={k} candidates"
+        path, line = _origin(ex, position)
+        summary.skip(path, line, reason, f"{path}:{line}: {n} candidate{'s' * (n != 1)}, need more than {k}")
+    summary.loaded = len(kept)
+    return kept, summary

@@ -1,0 +1,590 @@
+"""The user's QA log (JSONL / JSON / CSV / Parquet rows), plus the row readers every format shares."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from gumbel_rag.data.schema import Candidate, DataError, QAExample
+
+__all__ = [
+    "Container",
+    "Where",
+    "container_of",
+    "parse_candidate",
+    "parse_qalog_row",
+    "peek_keys",
+    "read_rows",
+    "write_qalog",
+]
+
+Container = Literal["jsonl", "json", "csv", "tsv", "parquet"]
+# (path as the user gave it, 1-based line / row / record number)
+Where = tuple[str, int]
+Row = tuple[int, "dict[str, Any] | DataError"]
+
+_EXTENSIONS: dict[str, Container] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_QALOG_KEYS = {"question", "answer", "answers", "candidates", "gold", "id", "metadata"}
+_CANDIDATE_KEYS = {"text", "id", "title", "metadata", "gold"}
+
+
+# ----------------------------------------------------------------------------- errors and types
+
+
+def type_name(value: Any) -> str:
+    """The JSON-ish name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+def fail(where: Where, field: str | None, message: str, reason: str) -> DataError:
+    """A DataError located at ``where`` (callers ``raise`` it, so tracebacks point at the check)."""
+    return DataError(message, path=where[0], line=where[1], field=field, reason=reason)
+
+
+def decode_json_cell(value: Any, where: Where, field: str) -> Any:
+    """Decode a JSON-encoded CSV/Parquet cell; non-strings pass through."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        msg = f"malformed JSON in cell: {exc.msg} (column {exc.colno})"
+        raise fail(where, field, msg, "malformed JSON") from None
+
+
+def as_id(value: Any, where: Where, field: str) -> str | None:
+    """An optional id; integers are accepted and stored as strings."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise fail(where, field, f"expected a string or an integer, got {type_name(value)}", f"bad {field}")
+
+
+def as_text(value: Any, where: Where, field: str, kind: str, *, empty_ok: bool = True) -> str:
+    """A required string; ``kind`` names the skip reason ("missing question", "bad question", ...)."""
+    if value is None:
+        raise fail(where, field, "missing", f"missing {kind}")
+    if not isinstance(value, str):
+        raise fail(where, field, f"expected a string, got {type_name(value)}", f"bad {kind}")
+    if not empty_ok and not value.strip():
+        raise fail(where, field, "is empty", f"empty {kind}")
+    return value
+
+
+def as_metadata(value: Any, where: Where, field: str, encoded: bool) -> dict[str, Any]:
+    """An optional metadata object."""
+    if encoded:
+        value = decode_json_cell(value, where, field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise fail(where, field, f"expected an object, got {type_name(value)}", "bad metadata")
+    return dict(value)
+
+
+# ----------------------------------------------------------------------------- reading rows
+
+
+def container_of(path: str | Path) -> Container:
+    """The container implied by the file extension (a trailing ``.gz`` is looked through)."""
+    p = Path(path)
+    suffixes = [s.lower() for s in p.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext not in _EXTENSIONS:
+        raise DataError(
+            f"cannot tell the container from the extension {ext or '(none)'!r}; "
+            "use .jsonl, .json, .csv, .tsv or .parquet",
+            path=str(path),
+            reason="unknown format",
+        )
+    return _EXTENSIONS[ext]
+
+
+def _read_bytes(path: Path) -> bytes:
+    with _open_binary(path, "rb") as fh:
+        data = fh.read()
+    # A UTF-8 byte-order mark (Excel writes one) is not content.
+    return data.removeprefix(b"\xef\xbb\xbf")
+
+
+def _utf8_error(where: Where, exc: UnicodeDecodeError, column_base: int = 0) -> DataError:
+    byte = exc.object[exc.start : exc.start + 1].hex()
+    return fail(
+        where, None, f"not valid UTF-8 (byte 0x{byte} at offset {column_base + exc.start})", "not UTF-8"
+    )
+
+
+def _jsonl_rows(path: str, data: bytes) -> Iterator[Row]:
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = (path, number)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, _utf8_error(where, exc)
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield (
+                number,
+                fail(where, None, f"malformed JSON: {exc.msg} (column {exc.colno})", "malformed JSON"),
+            )
+            continue
+        if not isinstance(value, dict):
+            yield (
+                number,
+                fail(where, None, f"expected a JSON object, got {type_name(value)}", "not an object"),
+            )
+            continue
+        yield number, value
+
+
+def _json_array_rows(path: str, data: bytes) -> Iterator[Row]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise _utf8_error((path, line), exc) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail((path, exc.lineno), None, f"malformed JSON: {exc.msg}", "malformed JSON") from None
+    if not isinstance(value, list):
+        raise fail(
+            (path, 1), None, f"expected a JSON array of objects, got {type_name(value)}", "not an array"
+        )
+    for number, item in enumerate(value, start=1):
+        if isinstance(item, dict):
+            yield number, item
+        else:
+            yield (
+                number,
+                fail((path, number), None, f"expected an object, got {type_name(item)}", "not an object"),
+            )
+
+
+def _has_surrogates(text: str) -> bool:
+    # Undecodable bytes were mapped to lone surrogates by errors="surrogateescape".
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _csv_rows(path: str, data: bytes, delimiter: str) -> list[Row]:
+    # A cell of JSON-encoded candidates easily exceeds csv's default 128 KiB field limit.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(1 << 30)
+    try:
+        return list(_csv_rows_unlimited(path, data, delimiter))
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_rows_unlimited(path: str, data: bytes, delimiter: str) -> Iterator[Row]:
+    text = data.decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        if any(_has_surrogates(h) for h in header):
+            raise fail((path, 1), None, "not valid UTF-8 in the header", "not UTF-8")
+        header = [h.strip() for h in header]
+        while True:
+            start = reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                return
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            where = (path, start)
+            if len(cells) != len(header):
+                msg = f"expected {len(header)} columns, got {len(cells)}"
+                yield start, fail(where, None, msg, "malformed CSV")
+            elif any(_has_surrogates(c) for c in cells):
+                yield start, fail(where, None, "not valid UTF-8", "not UTF-8")
+            else:
+                # An empty cell means "absent", like a JSON null.
+                yield start, {h: (c if c != "" else None) for h, c in zip(header, cells, strict=True)}
+    except csv.Error as exc:
+        raise fail((path, reader.line_num), None, f"malformed CSV: {exc}", "malformed CSV") from None
+
+
+def _parquet_rows(path: str, file: Path) -> Iterator[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        records = pq.read_table(file).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise fail((path, 0), None, f"not a readable Parquet file: {exc}", "unreadable file") from None
+    yield from enumerate(records, start=1)
+
+
+def read_rows(path: str | Path) -> tuple[list[Row], bool]:
+    """All rows of a file as ``(line, dict | DataError)``, and whether cells may hold JSON strings.
+
+    File-level problems (unreadable Parquet, a broken JSON array) raise DataError; row-level problems
+    are returned in place of the row so that callers can skip them and go on.
+    """
+    p = Path(path)
+    name = str(path)
+    container = container_of(p)
+    if container == "parquet":
+        return list(_parquet_rows(name, p)), True
+    data = _read_bytes(p)
+    if container in ("csv", "tsv"):
+        return _csv_rows(name, data, "," if container == "csv" else "\t"), True
+    if container == "json" and data.lstrip()[:1] == b"[":
+        return list(_json_array_rows(name, data)), False
+    # A .json file that is not an array is read as JSON Lines (MuSiQue ships JSONL named either way).
+    return list(_jsonl_rows(name, data)), False
+
+
+def peek_keys(path: str | Path) -> set[str]:
+    """The keys of the first well-formed row (empty if there is none), reading as little as possible."""
+    p = Path(path)
+    container = container_of(p)
+    if container == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return set(pq.read_schema(p).names)
+        except Exception:
+            return set()
+    if container in ("csv", "tsv"):
+        with _open_text(p) as fh:
+            header = next(csv.reader(fh, delimiter="," if container == "csv" else "\t"), [])
+        return {h.strip().lstrip("\ufeff") for h in header}
+    if container == "json":
+        first = _peek_json_array(p)
+        if first is not None:
+            return set(first)
+    with _open_text(p) as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(value, dict):
+                    return set(value)
+    return set()
+
+
+def _open_binary(p: Path, mode: Literal["rb", "wb"]) -> BinaryIO:
+    return gzip.open(p, mode) if p.suffix.lower() == ".gz" else p.open(mode)
+
+
+def _open_text(p: Path) -> io.TextIOWrapper:
+    return io.TextIOWrapper(_open_binary(p, "rb"), encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _peek_json_array(p: Path) -> dict[str, Any] | None:
+    """The first object of a JSON array without parsing the whole (possibly huge) file."""
+    decoder = json.JSONDecoder()
+    size = 1 << 16
+    with _open_text(p) as fh:
+        buf = fh.read(size)
+        if not buf.lstrip().startswith("["):
+            return None
+        while True:
+            body = buf.lstrip()[1:].lstrip()
+            try:
+                value, _ = decoder.raw_decode(body)
+                return value if isinstance(value, dict) else None
+            except json.JSONDecodeError:
+                more = fh.read(size)
+                if not more:
+                    return None
+                buf += more
+                size *= 2
+
+
+# ----------------------------------------------------------------------------- parsing a QA log row
+
+
+def parse_candidate(value: Any, where: Where, field: str, encoded: bool) -> tuple[Candidate, bool | None]:
+    """One candidate (a string, or an object with ``text``) and its per-candidate gold flag, if any.
+
+    ``field`` prefixes sub-field names in errors ("candidates[3]" -> "candidates[3].text"); "" for none.
+    """
+
+    def sub(name: str) -> str:
+        return f"{field}.{name}" if field else name
+
+    if isinstance(value, str):
+        return Candidate(text=value), None
+    if not isinstance(value, dict):
+        msg = f"expected a string or an object with 'text', got {type_name(value)}"
+        raise fail(where, field or None, msg, "bad candidates")
+    if value.get("text") is None:
+        raise fail(where, sub("text"), "missing: every candidate needs a text", "candidate without text")
+    text = as_text(value["text"], where, sub("text"), "candidate text")
+    title = value.get("title")
+    if title is not None and not isinstance(title, str):
+        raise fail(where, sub("title"), f"expected a string, got {type_name(title)}", "bad candidates")
+    flag = value.get("gold")
+    if flag is not None and not isinstance(flag, bool):
+        raise fail(where, sub("gold"), f"expected true or false, got {type_name(flag)}", "bad gold")
+    # Keys a retriever adds (score, url, ...) are kept as metadata rather than dropped.
+    extras = {
+        k: v for k, v in value.items() if k not in _CANDIDATE_KEYS and v is not None and not _is_index(k)
+    }
+    metadata = {**extras, **as_metadata(value.get("metadata"), where, sub("metadata"), encoded)}
+    return Candidate(
+        text=text, id=as_id(value.get("id"), where, sub("id")), title=title, metadata=metadata
+    ), flag
+
+
+def _answer_list(value: Any, where: Where, key: str) -> list[str]:
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, list) and value and all(isinstance(a, str) for a in value):
+        items = value
+    else:
+        if isinstance(value, list):
+            bad = [a for a in value if not isinstance(a, str)]
+            got = f"a list containing {type_name(bad[0])}" if bad else "an empty list"
+        else:
+            got = type_name(value)
+        raise fail(where, key, f"expected a string or a list of strings, got {got}", "bad answer")
+    if any(not a.strip() for a in items):
+        raise fail(where, key, "contains an empty answer", "bad answer")
+    return items
+
+
+def parse_answers(row: dict[str, Any], where: Where, encoded: bool) -> list[str]:
+    """``answer`` (a string or list of strings) and/or ``answers``; ``answer`` comes first."""
+    answers: list[str] = []
+    for key in ("answer", "answers"):
+        value = row.get(key)
+        if value is None:
+            continue
+        if encoded and key == "answers" and isinstance(value, str):
+            try:
+                decoded = json.loads(value)
+            except json.JSONDecodeError:
+                decoded = None
+            # Only a JSON list counts as encoded; any other cell text is itself the answer.
+            value = decoded if isinstance(decoded, list) else value
+        answers.extend(a for a in _answer_list(value, where, key) if a not in answers)
+    if not answers:
+        raise fail(where, "answer", "missing (give 'answer' or 'answers')", "missing answer")
+    return answers
+
+
+def resolve_gold(
+    raw: Any, flags: Sequence[bool | None], candidates: Sequence[Candidate], where: Where, encoded: bool
+) -> list[int] | None:
+    """Gold indices from ``gold`` (indices or candidate ids) and per-candidate flags, or None if unlabelled.
+
+    Candidates with identical content are duplicates of one document, so gold spreads to every copy.
+    """
+    if encoded and isinstance(raw, str):
+        # A cell that is not JSON is a bare candidate id.
+        with contextlib.suppress(json.JSONDecodeError):
+            raw = json.loads(raw)
+    if raw is None and all(f is None for f in flags):
+        return None
+    items = [] if raw is None else raw if isinstance(raw, list) else [raw]
+    gold: set[int] = {i for i, f in enumerate(flags) if f}
+    ids: dict[str, list[int]] = {}
+    for i, c in enumerate(candidates):
+        if c.id is not None:
+            ids.setdefault(c.id, []).append(i)
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item < len(candidates):
+                msg = f"index {item} out of range for {len(candidates)} candidates"
+                raise fail(where, "gold", msg, "gold out of range")
+            gold.add(item)
+        elif isinstance(item, str):
+            if item not in ids:
+                raise fail(where, "gold", f"id {item!r} matches no candidate id", "unknown gold id")
+            gold.update(ids[item])
+        else:
+            msg = f"expected candidate indices or ids, got {type_name(item)}"
+            raise fail(where, "gold", msg, "bad gold")
+    contents = {candidates[i].content for i in gold}
+    return sorted(i for i, c in enumerate(candidates) if i in gold or c.content in contents)
+
+
+def _is_index(key: str) -> bool:
+    # pandas writes its row index as an extra Parquet column; it is not the user's data.
+    return key.startswith("__index_level_")
+
+
+def parse_qalog_row(row: dict[str, Any], where: Where, encoded: bool = False) -> QAExample:
+    """One QA-log row -> QAExample; raises DataError naming the field at fault."""
+    question = as_text(row.get("question"), where, "question", "question", empty_ok=False)
+    answers = parse_answers(row, where, encoded)
+    raw_candidates = row.get("candidates")
+    if encoded:
+        raw_candidates = decode_json_cell(raw_candidates, where, "candidates")
+    if raw_candidates is None:
+        raw_candidates = []
+    if not isinstance(raw_candidates, list):
+        msg = f"expected a list of strings or objects, got {type_name(raw_candidates)}"
+        raise fail(where, "candidates", msg, "bad candidates")
+    parsed = [parse_candidate(c, where, f"candidates[{i}]", encoded) for i, c in enumerate(raw_candidates)]
+    candidates = [c for c, _ in parsed]
+    gold = resolve_gold(row.get("gold"), [f for _, f in parsed], candidates, where, encoded)
+    extras = {k: v for k, v in row.items() if k not in _QALOG_KEYS and v is not None and not _is_index(k)}
+    metadata = {**extras, **as_metadata(row.get("metadata"), where, "metadata", encoded)}
+    return QAExample(
+        question=question,
+        answers=answers,
+        candidates=candidates,
+        gold=gold,
+        id=as_id(row.get("id"), where, "id"),
+        source=f"{where[0]}:{where[1]}",
+        metadata=metadata,
+    )
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _candidate_record(c: Candidate) -> dict[str, Any]:
+    record: dict[str, Any] = {"text": c.text}
+    if c.id is not None:
+        record["id"] = c.id
+    if c.title is not None:
+        record["title"] = c.title
+    if c.metadata:
+        record["metadata"] = c.metadata
+    return record
+
+
+def example_record(ex: QAExample) -> dict[str, Any]:
+    """The JSON object written for one example (absent values are left out)."""
+    record: dict[str, Any] = {}
+    if ex.id is not None:
+        record["id"] = ex.id
+    record["question"] = ex.question
+    record["answers"] = list(ex.answers)
+    record["candidates"] = [_candidate_record(c) for c in ex.candidates]
+    if ex.gold is not None:
+        record["gold"] = list(ex.gold)
+    if ex.metadata:
+        record["metadata"] = ex.metadata
+    return record
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays are common in metadata that came through pandas.
+    for attr in ("tolist", "item"):
+        if hasattr(value, attr):
+            return getattr(value, attr)()
+    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _table_cells(ex: QAExample) -> dict[str, Any]:
+    return {
+        "id": ex.id,
+        "question": ex.question,
+        "answers": list(ex.answers),
+        "candidates": [
+            {
+                "text": c.text,
+                "id": c.id,
+                "title": c.title,
+                "metadata": _dumps(c.metadata) if c.metadata else None,
+            }
+            for c in ex.candidates
+        ],
+        "gold": None if ex.gold is None else list(ex.gold),
+        "metadata": _dumps(ex.metadata) if ex.metadata else None,
+    }
+
+
+def _write_parquet(examples: Iterable[QAExample], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # An explicit schema: inference fails on all-null columns and would turn metadata into structs
+    # whose union of keys breaks round-trips, so metadata travels as JSON text.
+    candidate = pa.struct(
+        [("text", pa.string()), ("id", pa.string()), ("title", pa.string()), ("metadata", pa.string())]
+    )
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("question", pa.string()),
+            ("answers", pa.list_(pa.string())),
+            ("candidates", pa.list_(candidate)),
+            ("gold", pa.list_(pa.int64())),
+            ("metadata", pa.string()),
+        ]
+    )
+    pq.write_table(pa.Table.from_pylist([_table_cells(ex) for ex in examples], schema=schema), path)
+
+
+def _write_csv(examples: Iterable[QAExample], fh: io.TextIOWrapper, delimiter: str) -> None:
+    # QUOTE_ALL: with minimal quoting a lone "\r" in a cell is written bare and splits the record.
+    writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerow(["id", "question", "answers", "candidates", "gold", "metadata"])
+    for ex in examples:
+        writer.writerow(
+            [
+                "" if ex.id is None else ex.id,
+                ex.question,
+                _dumps(list(ex.answers)),
+                _dumps([_candidate_record(c) for c in ex.candidates]),
+                "" if ex.gold is None else _dumps(ex.gold),
+                _dumps(ex.metadata) if ex.metadata else "",
+            ]
+        )
+
+
+def write_qalog(examples: Iterable[QAExample], path: str | Path) -> None:
+    """Write examples as a QA log; the extension picks JSONL (.jsonl), JSON array, CSV, TSV or Parquet."""
+    p = Path(path)
+    container = container_of(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    examples = list(examples)
+    if container == "parquet":
+        _write_parquet(examples, p)
+        return
+    with io.TextIOWrapper(_open_binary(p, "wb"), encoding="utf-8", newline="") as fh:
+        if container in ("csv", "tsv"):
+            _write_csv(examples, fh, "," if container == "csv" else "\t")
+        elif container == "json":
+            fh.write("[\n" + ",\n".join(_dumps(example_record(ex)) for ex in examples) + "\n]\n")
+        else:
+            for ex in examples:
+                fh.write(_dumps(example_record(ex)) + "\n")

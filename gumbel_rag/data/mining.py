@@ -1,0 +1,227 @@
+"""Mining candidates for QA logs that have none: BM25, a dense bi-encoder, or any retriever callable."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import string
+from collections.abc import Callable, Sequence
+from numbers import Integral
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from gumbel_rag.data.formats import load_examples, write_qalog
+from gumbel_rag.data.formats.qalog import fail, parse_candidate, read_rows
+from gumbel_rag.data.schema import Candidate, DataError, LoadSummary, QAExample
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Encoder", "Retriever", "answer_in_text", "load_corpus", "mine_candidates", "mine_file"]
+
+# A user retriever maps (query, top_n) to corpus indices, Candidates or plain strings, best first.
+RetrieverFn = Callable[[str, int], Sequence["int | Candidate | str"]]
+
+
+class Encoder(Protocol):
+    """A bi-encoder such as GumbelReranker: ``encode(texts)`` -> (len(texts), dim) embeddings."""
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embed texts (normalised here anyway, so cosine is what ranks)."""
+        ...
+
+
+Retriever = Literal["bm25", "dense"] | RetrieverFn | Encoder
+_QUERY_BATCH = 256
+
+
+def load_corpus(path: str | Path) -> list[Candidate]:
+    """A corpus: JSONL/JSON/CSV/Parquet rows of ``{text, id?, title?, metadata?}``, or .txt (a doc a line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such corpus file: {path}")
+    if p.name.lower().removesuffix(".gz").endswith(".txt"):
+        corpus = _txt_corpus(p, str(path))
+    else:
+        rows, encoded = read_rows(p)
+        corpus = []
+        for line, row in rows:
+            if isinstance(row, DataError):
+                raise row
+            corpus.append(parse_candidate(row, (str(path), line), "", encoded)[0])
+    if not corpus:
+        raise DataError("empty corpus: no documents", path=str(path), reason="empty file")
+    return corpus
+
+
+def _txt_corpus(p: Path, name: str) -> list[Candidate]:
+    data = p.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    corpus = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise fail((name, number), None, f"not valid UTF-8 (offset {exc.start})", "not UTF-8") from None
+        if text:
+            corpus.append(Candidate(text=text))
+    return corpus
+
+
+# ----------------------------------------------------------------------------- answer matching
+
+
+def _normalise(text: str) -> str:
+    # SQuAD-style: case, punctuation and articles do not decide whether a document holds the answer.
+    text = text.lower().translate(str.maketrans(string.punctuation, " " * len(string.punctuation)))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def answer_in_text(answers: Sequence[str], text: str) -> bool:
+    """Whether an answer occurs in ``text`` as whole words, SQuAD-normalised ("yes"/"no" never count)."""
+    haystack = f" {_normalise(text)} "
+    for answer in answers:
+        needle = _normalise(answer)
+        if needle and needle not in ("yes", "no") and f" {needle} " in haystack:
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------- retrievers
+
+
+def _bm25(corpus: Sequence[Candidate], queries: Sequence[str], top_n: int) -> list[list[tuple[int, float]]]:
+    import bm25s
+
+    index = bm25s.BM25()
+    index.index(
+        bm25s.tokenize([c.content for c in corpus], stopwords="en", show_progress=False), show_progress=False
+    )
+    # Queries go in as token strings so that they are looked up in the corpus vocabulary (tokenizing
+    # them to ids separately would build a second, unrelated vocabulary).
+    tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False, return_ids=False)
+    docs, scores = index.retrieve(tokens, k=min(top_n, len(corpus)), show_progress=False)
+    return [
+        [(int(d), float(s)) for d, s in zip(row_docs, row_scores, strict=True)]
+        for row_docs, row_scores in zip(docs, scores, strict=True)
+    ]
+
+
+def _dense(
+    encoder: Encoder, corpus: Sequence[Candidate], queries: Sequence[str], top_n: int
+) -> list[list[tuple[int, float]]]:
+    import torch
+
+    docs = torch.nn.functional.normalize(encoder.encode([c.content for c in corpus]).float(), dim=-1)
+    results = []
+    for start in range(0, len(queries), _QUERY_BATCH):
+        q = torch.nn.functional.normalize(
+            encoder.encode(list(queries[start : start + _QUERY_BATCH])).float(), dim=-1
+        )
+        scores, idx = (q @ docs.T).topk(min(top_n, len(corpus)), dim=-1)
+        results.extend(
+            [(int(i), float(s)) for i, s in zip(row_i, row_s, strict=True)]
+            for row_i, row_s in zip(idx.tolist(), scores.tolist(), strict=True)
+        )
+    return results
+
+
+def _default_encoder() -> Encoder:
+    from gumbel_rag.reranker import GumbelReranker
+
+    return GumbelReranker.from_pretrained()
+
+
+def _from_callable(
+    fn: RetrieverFn, corpus: Sequence[Candidate], question: str, top_n: int
+) -> list[Candidate]:
+    out = []
+    for item in list(fn(question, top_n))[:top_n]:
+        if isinstance(item, Candidate):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(Candidate(text=item))
+        elif isinstance(item, Integral) and not isinstance(item, bool):
+            if not 0 <= int(item) < len(corpus):
+                raise IndexError(f"retriever returned index {item} for a corpus of {len(corpus)} documents")
+            out.append(corpus[int(item)])
+        else:
+            raise TypeError(
+                f"retriever returned {type(item).__name__}; expected an int index, a Candidate or a str"
+            )
+    return out
+
+
+def _scored(corpus: Sequence[Candidate], hits: list[tuple[int, float]]) -> list[Candidate]:
+    return [
+        dataclasses.replace(corpus[i], metadata={**corpus[i].metadata, "retrieval_score": score})
+        for i, score in hits
+    ]
+
+
+def mine_candidates(
+    examples: Sequence[QAExample],
+    corpus: Sequence[Candidate | str],
+    retriever: Retriever = "bm25",
+    top_n: int = 10,
+    gold_from_answer: bool = False,
+) -> list[QAExample]:
+    """Give every example without candidates the ``top_n`` corpus documents retrieved for its question.
+
+    ``retriever``: "bm25" (bm25s), "dense" (the default bi-encoder), an object with ``encode(texts)``
+    (e.g. a fine-tuned GumbelReranker), or a callable ``(question, top_n) -> indices | Candidates | strs``.
+    Examples that already have candidates are returned unchanged. Mined examples get ``gold`` = the
+    candidates containing an answer when ``gold_from_answer``, else None (unknown).
+    """
+    if top_n < 1:
+        raise ValueError(f"top_n must be >= 1, got {top_n}")
+    docs = [c if isinstance(c, Candidate) else Candidate(text=c) for c in corpus]
+    if not docs:
+        raise ValueError("the corpus is empty")
+    todo = [i for i, ex in enumerate(examples) if not ex.candidates]
+    questions = [examples[i].question for i in todo]
+    if not todo:
+        mined: list[list[Candidate]] = []
+    elif isinstance(retriever, str):
+        if retriever == "bm25":
+            hits = _bm25(docs, questions, top_n)
+        elif retriever == "dense":
+            hits = _dense(_default_encoder(), docs, questions, top_n)
+        else:
+            raise ValueError(f"unknown retriever {retriever!r}; expected 'bm25', 'dense' or a callable")
+        mined = [_scored(docs, h) for h in hits]
+    elif hasattr(retriever, "encode"):
+        # Checked before callable(): a reranker is an nn.Module, whose __call__ is not a retriever.
+        mined = [_scored(docs, h) for h in _dense(retriever, docs, questions, top_n)]
+    elif callable(retriever):
+        mined = [_from_callable(retriever, docs, q, top_n) for q in questions]
+    else:
+        raise TypeError(
+            f"retriever must be 'bm25', 'dense', an encoder or a callable, got {type(retriever).__name__}"
+        )
+    out = list(examples)
+    for i, candidates in zip(todo, mined, strict=True):
+        ex = examples[i]
+        gold = None
+        if gold_from_answer:
+            gold = [j for j, c in enumerate(candidates) if answer_in_text(ex.answers, c.content)]
+        out[i] = dataclasses.replace(ex, candidates=candidates, gold=gold)
+    return out
+
+
+def mine_file(
+    data_path: str | Path,
+    corpus_path: str | Path,
+    output_path: str | Path,
+    retriever: Retriever = "bm25",
+    top_n: int = 10,
+    *,
+    gold_from_answer: bool = False,
+    skip_invalid: bool = False,
+) -> LoadSummary:
+    """Load a QA log, mine candidates for its rows from a corpus file, write the result as a QA log."""
+    examples, summary = load_examples(data_path, skip_invalid=skip_invalid)
+    corpus = load_corpus(corpus_path)
+    mined = mine_candidates(examples, corpus, retriever, top_n=top_n, gold_from_answer=gold_from_answer)
+    write_qalog(mined, output_path)
+    return summary

