@@ -1,0 +1,107 @@
+"""The gumbel-rag command line, run in-process on tiny models and real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gumbel_rag.cli import build_parser, main
+from gumbel_rag.data import generate_multihop, load_examples, write_qalog
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("rerank", "train", "eval", "mine", "demo"):
+        assert command in out
+    for command in ("rerank", "train", "eval", "mine", "demo"):
+        sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        assert all(action.help for action in sub._actions), f"{command} has an option without help"
+
+
+def test_rerank_prints_json_keeping_fields(tiny_bi_encoder_dir, tmp_path, capsys) -> None:
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('"plain text"\n{"text": "with id", "id": "d2", "source": "wiki"}\n\n"third"\n')
+    assert (
+        main(["rerank", "--query", "q", "--documents", str(docs), "--model", str(tiny_bi_encoder_dir)]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(r["index"] for r in out) == [0, 1, 2]
+    by_index = {r["index"]: r for r in out}
+    assert by_index[1]["id"] == "d2" and by_index[1]["source"] == "wiki"
+    assert [r["score"] for r in out] == sorted((r["score"] for r in out), reverse=True)
+    assert main(["rerank", "--query", "q", "--documents", str(docs), "--top-k", "1",
+                 "--model", str(tiny_bi_encoder_dir)]) == 0  # fmt: skip
+    assert len(json.loads(capsys.readouterr().out)) == 1
+
+
+def test_rerank_bad_documents_name_the_line(tiny_bi_encoder_dir, tmp_path) -> None:
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('"ok"\n{"title": "no text"}\n')
+    with pytest.raises(SystemExit, match=r"docs.jsonl:2: field 'text'"):
+        main(["rerank", "--query", "q", "--documents", str(docs), "--model", str(tiny_bi_encoder_dir)])
+    docs.write_text('"ok"\n{broken\n')
+    with pytest.raises(SystemExit, match=r"docs.jsonl:2: invalid JSON"):
+        main(["rerank", "--query", "q", "--documents", str(docs), "--model", str(tiny_bi_encoder_dir)])
+
+
+def test_top_k_must_be_positive(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["rerank", "--query", "q", "--documents", "x.jsonl", "--top-k", "0"])
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_train_then_eval(tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, capsys) -> None:
+    examples = generate_multihop(12, seed=5, n_candidates=4)
+    write_qalog(examples[:8], tmp_path / "train.jsonl")
+    write_qalog(examples[8:], tmp_path / "dev.jsonl")
+    out_dir = tmp_path / "model"
+    code = main([
+        "train", "--data", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"),
+        "--reranker", str(tiny_bi_encoder_dir), "--reader", str(tiny_reader_dir), "--k", "2",
+        "--batch-size", "2", "--grad-accum", "2", "--max-document-tokens", "16", "--lr", "1e-3",
+        "--output", str(out_dir), "--no-progress", "--mixed-precision", "no",
+    ])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "dev before: recall@2" in out and "dev after : recall@2" in out
+    assert "2 steps (0 skipped)" in out
+    assert (out_dir / "logs" / "curves.png").is_file()
+
+    assert main(["eval", "--data", str(tmp_path / "dev.jsonl"), "--reranker", str(out_dir), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 4
+    assert 0.0 <= metrics["recall@2"] <= 1.0 and "mrr" in metrics and "ndcg@5" in metrics
+
+
+def test_train_reports_invalid_rows(tiny_bi_encoder_dir, tiny_reader_dir, tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": 3, "candidates": ["a", "b", "c"]}\n')
+    with pytest.raises(SystemExit, match=r"(?s)bad.jsonl:1: field 'answer'.*--skip-invalid"):
+        main(["train", "--data", str(bad), "--output", str(tmp_path / "o"), "--reader", str(tiny_reader_dir)])
+
+
+def test_eval_on_hotpotqa_reports_recall(shared_data, tiny_bi_encoder_dir, capsys) -> None:
+    path = shared_data / "hotpotqa" / "dev_distractor_100.json"
+    assert main(["eval", "--data", str(path), "--reranker", str(tiny_bi_encoder_dir), "--k", "2,5"]) == 0
+    out = capsys.readouterr().out
+    assert "recall@2" in out and "recall@5" in out and "n_indirect" in out
+
+
+def test_mine_adds_candidates(tmp_path: Path, capsys) -> None:
+    (tmp_path / "corpus.txt").write_text(
+        "The Zorblax river flows through Quenby.\nQuenby is a town of potters.\nBananas are yellow.\n"
+    )
+    (tmp_path / "qa.jsonl").write_text(
+        '{"question": "Which river flows through Quenby?", "answer": "Zorblax"}\n'
+    )
+    code = main(["mine", "--data", str(tmp_path / "qa.jsonl"), "--corpus", str(tmp_path / "corpus.txt"),
+                 "--output", str(tmp_path / "mined.jsonl"), "--top-n", "2"])  # fmt: skip
+    assert code == 0
+    (example,), _ = load_examples(tmp_path / "mined.jsonl")
+    assert len(example.candidates) == 2
+    assert "Zorblax river" in example.candidates[0].text
