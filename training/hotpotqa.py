@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--max-document-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=1, help="questions per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step")
     p.add_argument("--skip-tuning", action="store_true", help="train the first grid point only")
     return p.parse_args()
 
@@ -63,6 +65,9 @@ def run(
         output_dir=str(args.output / name),
         seed=args.seed,
         max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        progress=False,
         eval_every=10**9,
         save_every=10**9,
         **point,

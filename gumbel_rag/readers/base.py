@@ -46,9 +46,9 @@ class Reader(ABC):
     def answer_loss(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
         """(B,) mean negative log-likelihood per answer token given log_mask (B, N) = log M."""
 
-    @abstractmethod
     def answer_loss_single_pass(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
         """Reference for `answer_loss` that recomputes the document states in one forward (slow)."""
+        raise NotImplementedError(f"{type(self).__name__} has no single-pass reference")
 
     def loss(
         self,
@@ -77,6 +77,8 @@ def validate_inputs(
     """Raise ValueError unless questions, documents and answers describe the same B examples."""
     if isinstance(questions, str) or isinstance(answers, str):
         raise TypeError("questions and answers must be sequences of strings, not a single string")
+    if not questions:
+        raise ValueError("empty batch: need at least one question")
     if not (len(questions) == len(documents) == len(answers)):
         raise ValueError(
             f"got {len(questions)} questions, {len(documents)} document lists and {len(answers)} answers"
@@ -115,6 +117,18 @@ def nll_per_row(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.
     token_logp = torch.where(target_mask, token_logp, torch.zeros_like(token_logp))
     counts = target_mask.sum(-1).clamp(min=1)
     return -token_logp.sum(-1) / counts
+
+
+def grad_ready_embeddings(embedding: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Input embeddings that require grad when grad is on, so every attention call has q requiring grad."""
+    # Without this the first attention layer sees a mask as its only input needing a gradient, and CUDA's
+    # memory-efficient SDPA then skips the logsumexp its backward needs ("LSE is not correctly aligned",
+    # pytorch/pytorch#148476, seen with torch 2.11 on an H100). The extra backward reaches one frozen
+    # embedding output, nothing else.
+    embeds = embedding(ids)
+    if torch.is_grad_enabled():
+        embeds = embeds.detach().requires_grad_(True)
+    return embeds
 
 
 def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:

@@ -22,6 +22,7 @@ from gumbel_rag.readers.base import (
     candidate_mask_for,
     effective_log_mask,
     freeze,
+    grad_ready_embeddings,
     nll_per_row,
     resolve_device,
     validate_inputs,
@@ -254,7 +255,9 @@ class FiDReader(Reader):
         out = self.model(
             encoder_outputs=(batch.encoder_states,),
             attention_mask=bias,
-            decoder_input_ids=batch.decoder_input_ids,
+            decoder_inputs_embeds=grad_ready_embeddings(
+                self.model.get_input_embeddings(), batch.decoder_input_ids
+            ),
             use_cache=True,
             **{self._cache_kwarg: _cross_cache(batch.cross_keys, batch.cross_values)},
         )
@@ -273,7 +276,9 @@ class FiDReader(Reader):
         out = self.model(
             encoder_outputs=(states,),
             attention_mask=bias,
-            decoder_input_ids=batch.decoder_input_ids,
+            decoder_inputs_embeds=grad_ready_embeddings(
+                self.model.get_input_embeddings(), batch.decoder_input_ids
+            ),
             use_cache=False,
         )
         return nll_per_row(out.logits, batch.labels, batch.target_mask)
