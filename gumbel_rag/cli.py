@@ -45,8 +45,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reader", default=None, help="reader LLM name or path (default: SmolLM2-135M-Instruct)")
     p.add_argument("--k", type=_positive_int, default=5, help="documents the reader sees (relaxed top-k)")
-    p.add_argument("--kappa", type=float, default=1.0, help="scale of the reranker scores before the noise")
-    p.add_argument("--tau", type=float, default=0.5, help="temperature of the relaxed top-k")
+    p.add_argument("--kappa", type=float, default=0.25, help="scale of the reranker scores before the noise")
+    p.add_argument("--tau", type=float, default=1.0, help="temperature of the relaxed top-k")
     p.add_argument("--no-noise", action="store_true", help="ablation: no Gumbel noise")
     p.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training data")
     p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (linear warm-up and decay)")

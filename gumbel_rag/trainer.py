@@ -48,8 +48,8 @@ class TrainConfig:
 
     output_dir: str
     k: int = 5
-    kappa: float = 1.0
-    tau: float = 0.5
+    kappa: float = 0.25
+    tau: float = 1.0
     noise: bool = True
     learning_rate: float = 2e-5
     epochs: int = 1

@@ -27,7 +27,7 @@ from gumbel_rag.evaluation import evaluate_reranker
 from gumbel_rag.readers import load_reader
 from gumbel_rag.trainer import TrainConfig, train
 
-DEFAULT_GRID = {"kappa": [1.0, 0.25], "tau": [0.5], "k": [5], "learning_rate": [2e-5]}
+DEFAULT_GRID = {"kappa": [1.0, 0.25], "tau": [0.5, 1.0], "k": [5], "learning_rate": [2e-5]}
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,8 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--max-document-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=1, help="questions per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step")
+    p.add_argument("--batch-size", type=int, default=4, help="questions per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--skip-tuning", action="store_true", help="train the first grid point only")
     return p.parse_args()
 

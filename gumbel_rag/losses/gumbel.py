@@ -27,7 +27,7 @@ class GumbelRerankLoss(nn.Module):
     """
 
     def __init__(
-        self, reader: Reader, k: int = 5, kappa: float = 1.0, tau: float = 0.5, noise: bool = True
+        self, reader: Reader, k: int = 5, kappa: float = 0.25, tau: float = 1.0, noise: bool = True
     ) -> None:
         """Keep the reader (not registered as a submodule: it is frozen and never saved)."""
         super().__init__()
