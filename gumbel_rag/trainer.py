@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -290,7 +291,10 @@ def train(
             else:
                 progress.skipped += 1
                 logger.warning("skipped step %d: non-finite loss or gradient", progress.step + 1)
-            scheduler.step()
+            with warnings.catch_warnings():
+                # A skipped step still advances the schedule, which torch flags as out of order.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
             optimizer.zero_grad()
             step_ok = True
             progress.step += 1
