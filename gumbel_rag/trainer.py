@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 import warnings
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -139,14 +141,48 @@ def _checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def _save_checkpoint(accelerator: Accelerator, root: Path, step: int, keep: int) -> None:
+TRAINER_STATE = "trainer_state.json"
+
+
+def _save_trainer_state(
+    directory: Path, accelerator: Accelerator, scheduler: Any, noise: _NoiseState, progress: _Progress
+) -> None:
+    """Write the loop's own state as JSON and safetensors, so resuming never unpickles anything."""
+    save_file(
+        {"rng": noise.generator.get_state()},
+        str(directory / f"noise_rng_{accelerator.process_index}.safetensors"),
+    )
+    if accelerator.is_main_process:
+        state = {"progress": progress.state_dict(), "scheduler": scheduler.state_dict()}
+        (directory / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf8")
+
+
+def _load_trainer_state(
+    directory: Path, accelerator: Accelerator, scheduler: Any, noise: _NoiseState, progress: _Progress
+) -> None:
+    """Restore what :func:`_save_trainer_state` wrote."""
+    state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf8"))
+    progress.load_state_dict(state["progress"])
+    scheduler.load_state_dict(state["scheduler"])
+    noise.load_state_dict(load_file(str(directory / f"noise_rng_{accelerator.process_index}.safetensors")))
+
+
+def _save_checkpoint(
+    accelerator: Accelerator,
+    root: Path,
+    keep: int,
+    scheduler: Any,
+    noise: _NoiseState,
+    progress: _Progress,
+) -> None:
     # Write to a temporary name and rename: a kill mid-write never leaves a loadable half-checkpoint.
-    final = root / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    final = root / f"{CHECKPOINT_PREFIX}{progress.step}"
+    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{progress.step}"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    _save_trainer_state(tmp, accelerator, scheduler, noise, progress)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -218,12 +254,12 @@ def train(
     model, optimizer = accelerator.prepare(reranker, optimizer)
     noise = _NoiseState(config.seed + accelerator.process_index)
     progress = _Progress()
-    accelerator.register_for_checkpointing(scheduler, noise, progress)
 
     metrics_file = log_dir / "metrics.jsonl"
     if config.resume and _checkpoints(ckpt_dir):
         latest = _checkpoints(ckpt_dir)[-1]
         accelerator.load_state(str(latest))
+        _load_trainer_state(latest, accelerator, scheduler, noise, progress)
         logger.info("resumed from %s (step %d)", latest, progress.step)
     elif accelerator.is_main_process:
         metrics_file.unlink(missing_ok=True)
@@ -293,7 +329,7 @@ def train(
                 logger.warning("skipped step %d: non-finite loss or gradient", progress.step + 1)
             with warnings.catch_warnings():
                 # A skipped step still advances the schedule, which torch flags as out of order.
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 scheduler.step()
             optimizer.zero_grad()
             step_ok = True
@@ -317,7 +353,7 @@ def train(
             if progress.step % config.eval_every == 0:
                 last_metrics = evaluate(progress.step) or last_metrics
             if progress.step % config.save_every == 0:
-                _save_checkpoint(accelerator, ckpt_dir, progress.step, config.save_total_limit)
+                _save_checkpoint(accelerator, ckpt_dir, config.save_total_limit, scheduler, noise, progress)
             if progress.step >= total_steps:
                 done = True
                 break

@@ -70,6 +70,11 @@ def test_training_writes_model_logs_and_curves(tiny_bi_encoder_dir, reader, data
     assert json.loads((tmp_path / "logs" / "summary.json").read_text())["steps"] == 3
     # Checkpoints are pruned to the newest save_total_limit and hold safetensors weights.
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2", "step-3"]
+    ckpt = tmp_path / "checkpoints" / "step-3"
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "noise_rng_0.safetensors").is_file()
+    assert json.loads((ckpt / "trainer_state.json").read_text())["progress"]["step"] == 3
+    # The loop's own state is never pickled (accelerate would load custom pickles with weights_only=False).
+    assert not list(ckpt.glob("custom_checkpoint_*"))
 
     # The output directory is the model: our loader and stock sentence-transformers both read it.
     loaded = GumbelReranker.from_pretrained(tmp_path)
