@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -178,10 +178,14 @@ def _save_checkpoint(
     # Write to a temporary name and rename: a kill mid-write never leaves a loadable half-checkpoint.
     final = root / f"{CHECKPOINT_PREFIX}{progress.step}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{progress.step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    # Every process writes its own noise state; the directory exists on all of them by now.
     _save_trainer_state(tmp, accelerator, scheduler, noise, progress)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -225,6 +229,9 @@ def train(
         mixed_precision=_mixed_precision(config.mixed_precision),
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(log_dir)),
+        # Sentence-transformers backbones keep heads the score never uses (e.g. BERT's pooler); DDP
+        # must not wait for their gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(config.seed)
     if accelerator.is_main_process:
