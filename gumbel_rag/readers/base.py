@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -35,6 +35,44 @@ class Reader(ABC):
     device: torch.device
     model: Any
     tokenizer: Any
+    # Name of the transformers auto class that loads this kind of reader.
+    auto_model_class: ClassVar[str]
+
+    @abstractmethod
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: str | torch.device | None = None,
+        max_document_tokens: int = 128,
+    ) -> None:
+        """Wrap a loaded model and tokenizer, frozen."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        device: str | torch.device | None = None,
+        max_document_tokens: int = 128,
+        trust_remote_code: bool = False,
+        **model_kwargs: Any,
+    ) -> Reader:
+        """Load the model with ``cls.auto_model_class`` and its tokenizer from a hub name or directory."""
+        import transformers
+
+        auto = getattr(transformers, cls.auto_model_class)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code
+        )
+        model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **model_kwargs)
+        return cls(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the reader's weights (and of its attention masks)."""
+        return next(self.model.parameters()).dtype
 
     @abstractmethod
     def prepare(

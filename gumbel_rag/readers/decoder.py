@@ -217,6 +217,8 @@ def _pad_stack(rows: Sequence[Sequence[int]], pad: int, left: bool = False) -> t
 class DecoderReader(Reader):
     """A frozen decoder-only LLM reading documents in parallel, with log M_i added on document i's keys."""
 
+    auto_model_class = "AutoModelForCausalLM"
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -242,30 +244,6 @@ class DecoderReader(Reader):
         self._document_suffix_ids = self._encode(self.prompt.document_suffix)
         self._cache_kwarg = _cache_kwarg(self.model)
         self._pad_id = self._pick_pad_id(tokenizer)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        *,
-        device: str | torch.device | None = None,
-        max_document_tokens: int = 128,
-        trust_remote_code: bool = False,
-        **model_kwargs: Any,
-    ) -> DecoderReader:
-        """Load an AutoModelForCausalLM and its tokenizer from a hub name or local directory."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **model_kwargs
-        )
-        return cls(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Floating dtype of the reader's weights (and of its attention masks)."""
-        return next(self.model.parameters()).dtype
 
     @property
     def prefix_length(self) -> int:

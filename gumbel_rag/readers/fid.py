@@ -106,6 +106,8 @@ def _cross_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -
 class FiDReader(Reader):
     """A frozen encoder-decoder (T5 family) reading passages Fusion-in-Decoder style under a mask."""
 
+    auto_model_class = "AutoModelForSeq2SeqLM"
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -126,30 +128,6 @@ class FiDReader(Reader):
         self._pad_id = pad if isinstance(pad, int) else 0
         start = getattr(self.model.config, "decoder_start_token_id", None)
         self._start_id = start if isinstance(start, int) else self._pad_id
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        *,
-        device: str | torch.device | None = None,
-        max_document_tokens: int = 128,
-        trust_remote_code: bool = False,
-        **model_kwargs: Any,
-    ) -> FiDReader:
-        """Load an AutoModelForSeq2SeqLM (e.g. a FiD T5 checkpoint) and its tokenizer."""
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSeq2SeqLM.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **model_kwargs
-        )
-        return cls(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Floating dtype of the reader's weights (and of its attention masks)."""
-        return next(self.model.parameters()).dtype
 
     def passage_ids(self, question: str, document: str | None) -> list[int]:
         """Token ids of 'question: q context: d' with the document part cut to max_document_tokens."""
