@@ -15,10 +15,11 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
 
 
-def _tiny_bert_config(num_labels: int | None = None):
+def _tiny_bert_config(num_labels: int | None = None, **overrides: float):
     from transformers import BertConfig
 
     kwargs = {"num_labels": num_labels} if num_labels else {}
+    kwargs.update(overrides)
     return BertConfig(
         vocab_size=30522,
         hidden_size=32,
@@ -38,21 +39,32 @@ def _save_tokenizer(target: Path) -> None:
     AutoTokenizer.from_pretrained(str(default_reranker_path())).save_pretrained(str(target))
 
 
-@pytest.fixture(scope="session")
-def tiny_bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer BERT bi-encoder saved as a sentence-transformers directory."""
+def _bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory, name: str, **overrides: float) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import BertModel
 
     torch.manual_seed(0)
-    raw = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(_tiny_bert_config()).save_pretrained(str(raw))
+    raw = tmp_path_factory.mktemp(f"{name}-raw")
+    BertModel(_tiny_bert_config(**overrides)).save_pretrained(str(raw))
     _save_tokenizer(raw)
     model = SentenceTransformer(str(raw), device="cpu")
-    out = tmp_path_factory.mktemp("tiny-bi-encoder")
+    out = tmp_path_factory.mktemp(name)
     model.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer BERT bi-encoder saved as a sentence-transformers directory."""
+    return _bi_encoder_dir(tmp_path_factory, "tiny-bi-encoder")
+
+
+@pytest.fixture(scope="session")
+def dropout_free_bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bi-encoder without dropout, for runs that must differ only in how work is split."""
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    return _bi_encoder_dir(tmp_path_factory, "tiny-bi-encoder-no-dropout", **no_dropout)
 
 
 def _cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory, num_labels: int) -> Path:

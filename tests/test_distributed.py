@@ -7,40 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from gumbel_rag import GumbelReranker
 
 WORKER = Path(__file__).with_name("distributed_train.py")
-
-
-@pytest.fixture(scope="module")
-def dropout_free_bi_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny bi-encoder without dropout, so that runs differ only by how the batch is split."""
-    from sentence_transformers import SentenceTransformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from gumbel_rag.defaults import default_reranker_path
-
-    torch.manual_seed(0)
-    raw = tmp_path_factory.mktemp("raw-bert")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(config).save_pretrained(str(raw))
-    AutoTokenizer.from_pretrained(str(default_reranker_path())).save_pretrained(str(raw))
-    out = tmp_path_factory.mktemp("bi-no-dropout")
-    SentenceTransformer(str(raw), device="cpu").save_pretrained(str(out))
-    return out
 
 
 def _run(args: list[str], env_extra: dict[str, str]) -> None:
@@ -50,9 +22,9 @@ def _run(args: list[str], env_extra: dict[str, str]) -> None:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(
-    dropout_free_bi_encoder: Path, tiny_reader_dir: Path, tmp_path: Path
+    dropout_free_bi_encoder_dir: Path, tiny_reader_dir: Path, tmp_path: Path
 ) -> None:
-    common = [str(dropout_free_bi_encoder), str(tiny_reader_dir)]
+    common = [str(dropout_free_bi_encoder_dir), str(tiny_reader_dir)]
     _run([sys.executable, str(WORKER), *common, str(tmp_path / "one"), "4"], {})
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", "29517"]
@@ -61,7 +33,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
     single = load_file(str(tmp_path / "one" / "rank0-steps4.safetensors"))
     rank0 = load_file(str(tmp_path / "two" / "rank0-steps4.safetensors"))
     rank1 = load_file(str(tmp_path / "two" / "rank1-steps4.safetensors"))
-    start = GumbelReranker.from_pretrained(dropout_free_bi_encoder).state_dict()
+    start = GumbelReranker.from_pretrained(dropout_free_bi_encoder_dir).state_dict()
     # DDP keeps the replicas identical.
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     # Training moved the weights, and the 2-process run lands where the 1-process run does
