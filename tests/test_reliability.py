@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,7 +58,9 @@ def test_multi_megabyte_document_loads_and_is_scored(reranker, tmp_path: Path) -
     assert sum("truncated" in str(w.message) for w in caught) == 1
 
 
-def test_resume_ignores_a_half_written_checkpoint(tiny_bi_encoder_dir, tiny_reader_dir, tmp_path) -> None:
+def test_resume_ignores_a_half_written_checkpoint(
+    tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, monkeypatch
+) -> None:
     reader = load_reader(str(tiny_reader_dir), device="cpu", max_document_tokens=16)
     examples = generate_multihop(6, seed=4, n_candidates=4)
     config = dict(output_dir=str(tmp_path), k=2, gradient_accumulation_steps=1, save_every=1,
@@ -70,5 +73,30 @@ def test_resume_ignores_a_half_written_checkpoint(tiny_bi_encoder_dir, tiny_read
     assert [p.name for p in _checkpoints(tmp_path / "checkpoints")] == ["step-2", "step-3"]
     config["max_steps"] = 5
     fresh = GumbelReranker.from_pretrained(tiny_bi_encoder_dir)
+    loads: list[object] = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
     result = train(fresh, reader, examples, TrainConfig(**config, resume=True))
     assert result.steps == 5
+    # Resuming reads the optimizer and RNG states, and never unpickles arbitrary objects.
+    assert loads and all(flag is True for flag in loads)
+
+
+def test_remote_code_is_off_by_default() -> None:
+    import inspect
+
+    from gumbel_rag.cli import build_parser
+    from gumbel_rag.readers import load_reader as reader_loader
+
+    for fn in (GumbelReranker.from_pretrained, reader_loader):
+        assert inspect.signature(fn).parameters["trust_remote_code"].default is False
+    for command in ("rerank", "train", "eval", "demo"):
+        args = ["--query", "q", "--documents", "d"] if command == "rerank" else []
+        args += ["--data", "x", "--output", "o"] if command == "train" else []
+        args += ["--data", "x"] if command == "eval" else []
+        assert build_parser().parse_args([command, *args]).trust_remote_code is False
