@@ -6,6 +6,7 @@ import re
 import string
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -51,29 +52,50 @@ def rank_examples(
     return rankings
 
 
+def _example_rows(
+    reranker: GumbelReranker, examples: Sequence[QAExample], ks: Sequence[int], progress: bool
+) -> list[tuple[dict[str, float], dict[str, float] | None]]:
+    """Per labelled example: its ranking metrics, and its indirect recalls (None without indirect gold)."""
+    rows: list[tuple[dict[str, float], dict[str, float] | None]] = []
+    for ranking, ex in zip(rank_examples(reranker, examples, progress=progress), examples, strict=True):
+        indirect = _indirect_gold(ex)
+        rows.append(
+            (
+                ranking_metrics(ranking, ex.gold or [], ks),
+                {f"indirect_recall@{k}": recall_at_k(ranking, indirect, k) for k in ks} if indirect else None,
+            )
+        )
+    return rows
+
+
 def evaluate_reranker(
     reranker: GumbelReranker,
     examples: Sequence[QAExample],
     ks: Sequence[int] = (2, 5),
     *,
     progress: bool = False,
+    accelerator: Any | None = None,
 ) -> dict[str, float]:
     """Mean ranking metrics over the examples that have gold labels (others are not counted).
 
     Returns ``recall@k``, ``ndcg@k``, ``mrr``, ``indirect_recall@k`` (over examples with an
-    indirectly relevant gold document) and the counts ``n`` and ``n_indirect``.
+    indirectly relevant gold document) and the counts ``n`` and ``n_indirect``. With an
+    ``accelerate.Accelerator`` of several processes, each ranks its share of the examples and the
+    per-example rows are gathered, so every process returns the single-process result.
     """
     labelled = [ex for ex in examples if ex.gold]
     if not labelled:
         return {"n": 0}
-    rankings = rank_examples(reranker, labelled, progress=progress)
-    rows = [ranking_metrics(r, ex.gold or [], ks) for r, ex in zip(rankings, labelled, strict=True)]
-    out = mean_metrics(rows)
-    indirect = [(r, _indirect_gold(ex)) for r, ex in zip(rankings, labelled, strict=True)]
-    indirect = [(r, g) for r, g in indirect if g]
-    for k in ks:
-        if indirect:
-            out[f"indirect_recall@{k}"] = sum(recall_at_k(r, g, k) for r, g in indirect) / len(indirect)
-    out["n"] = len(labelled)
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        with accelerator.split_between_processes(labelled) as share:
+            rows = gather_object(_example_rows(reranker, share, ks, progress))
+    else:
+        rows = _example_rows(reranker, labelled, ks, progress)
+    out = mean_metrics([direct for direct, _ in rows])
+    indirect = [ind for _, ind in rows if ind is not None]
+    out.update(mean_metrics(indirect))
+    out["n"] = len(rows)
     out["n_indirect"] = len(indirect)
     return out

@@ -277,7 +277,7 @@ def train(
         if not dev_examples:
             return {}
         unwrapped = accelerator.unwrap_model(model)
-        metrics = evaluate_reranker(unwrapped, dev_examples, ks=config.eval_ks)
+        metrics = evaluate_reranker(unwrapped, dev_examples, ks=config.eval_ks, accelerator=accelerator)
         unwrapped.train()
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         if accelerator.is_main_process:

@@ -6,21 +6,24 @@ Run as ``torchrun --nproc_per_node N tests/distributed_train.py RERANKER READER 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 from safetensors.torch import save_file
 
-from gumbel_rag import GumbelReranker
+from gumbel_rag import GumbelReranker, evaluation
 from gumbel_rag.data import generate_multihop
 from gumbel_rag.readers import load_reader
 from gumbel_rag.trainer import TrainConfig, train
 
 
 def main() -> None:
-    """Train on 16 generated questions (4 steps of global batch 4) and save this rank's weights."""
+    """Train on 16 questions (4 steps of global batch 4), evaluate on 7, save this rank's weights."""
     reranker_dir, reader_dir, output, batch_size = sys.argv[1:5]
     examples = generate_multihop(16, seed=1, n_candidates=4)
+    # 7 dev questions: split unevenly across 2 processes, then gathered.
+    dev = generate_multihop(7, seed=9, n_candidates=5)
     reranker = GumbelReranker.from_pretrained(reranker_dir, device="cpu")
     reader = load_reader(reader_dir, device="cpu", max_document_tokens=16)
     config = TrainConfig(
@@ -33,11 +36,23 @@ def main() -> None:
         mixed_precision="no",
         progress=False,
         save_every=2,
+        eval_every=2,
     )
-    result = train(reranker, reader, examples, config)
+    # Record how many dev questions this process ranks per evaluation, to show the work is split.
+    ranked: list[int] = []
+    real_rank = evaluation.rank_examples
+
+    def counting_rank(model, share, **kwargs):  # type: ignore[no-untyped-def]
+        ranked.append(len(share))
+        return real_rank(model, share, **kwargs)
+
+    evaluation.rank_examples = counting_rank
+    result = train(reranker, reader, examples, config, dev)
     rank = int(os.environ.get("RANK", "0"))
     weights = {k: v.detach().contiguous() for k, v in reranker.state_dict().items()}
     save_file(weights, os.path.join(output, f"rank{rank}-steps{result.steps}.safetensors"))
+    with open(os.path.join(output, f"rank{rank}-ranked.json"), "w", encoding="utf8") as f:
+        json.dump(ranked, f)
 
 
 if __name__ == "__main__":

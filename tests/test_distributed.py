@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +42,19 @@ def test_two_processes_match_one_with_the_same_global_batch(
     assert max((single[k] - start[k]).abs().max().item() for k in single) > 1e-4
     for key in single:
         torch.testing.assert_close(rank0[key], single[key], atol=1e-5, rtol=0)
+
+    # The evaluation split across the 2 processes and gathered equals the single-process one.
+    def dev_rows(run: str) -> list[dict]:
+        lines = (tmp_path / run / "logs" / "metrics.jsonl").read_text().splitlines()
+        return [row for row in map(json.loads, lines) if row["split"] == "dev"]
+
+    one, two = dev_rows("one"), dev_rows("two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 2, 4]
+    assert one[0] == two[0] and one[0]["n"] == 7
+    share0 = json.loads((tmp_path / "two" / "rank0-ranked.json").read_text())
+    share1 = json.loads((tmp_path / "two" / "rank1-ranked.json").read_text())
+    assert json.loads((tmp_path / "one" / "rank0-ranked.json").read_text()) == [7, 7, 7]
+    assert share0 == [4, 4, 4] and share1 == [3, 3, 3]
     # Every rank wrote its own noise state into the shared checkpoint.
     ckpt = tmp_path / "two" / "checkpoints" / "step-4"
     assert (ckpt / "noise_rng_0.safetensors").is_file() and (ckpt / "noise_rng_1.safetensors").is_file()
