@@ -123,3 +123,11 @@ def test_default_reader_prefers_the_gold_document(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(gguf_mod, "convert_gguf", no_conversion)
     model, _ = gguf_mod.load_default_model()
     assert torch.equal(model.model.embed_tokens.weight, reader.model.model.embed_tokens.weight)
+
+
+def test_default_dtype_is_bf16_only_on_a_capable_gpu() -> None:
+    from gumbel_rag.readers.base import default_dtype
+
+    assert default_dtype(torch.device("cpu")) is None
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        assert default_dtype(torch.device("cuda")) is torch.bfloat16

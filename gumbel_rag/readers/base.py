@@ -181,6 +181,13 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module | N
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 on a CUDA device that supports it, else None (keep the checkpoint's dtype)."""
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def load_reader(
     name_or_path: str | None = None,
     *,
@@ -190,7 +197,14 @@ def load_reader(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ) -> Reader:
-    """Load a frozen reader: None gives the offline SmolLM2-135M-Instruct default, else AutoConfig decides."""
+    """Load a frozen reader: None gives the offline SmolLM2-135M-Instruct default, else AutoConfig decides.
+
+    ``dtype=None`` means bfloat16 on a GPU that supports it (the reader is frozen, so half the memory
+    costs no accuracy in the gradient that matters) and the checkpoint's dtype elsewhere.
+    """
+    device = resolve_device(device)
+    if dtype is None:
+        dtype = default_dtype(device)
     # Imported here because the concrete readers import this module.
     from gumbel_rag.readers.decoder import DecoderReader
     from gumbel_rag.readers.fid import FiDReader
