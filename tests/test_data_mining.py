@@ -94,6 +94,19 @@ def test_callable_retriever_errors() -> None:
         mine_candidates(QUESTIONS[:1], CORPUS, top_n=0)
 
 
+def test_callable_returning_documents_needs_no_corpus() -> None:
+    docs = [Candidate(text="Zorblax flows north.", id="z", metadata={"src": "wiki"}), "plain text"]
+    (mined,) = mine_candidates(QUESTIONS[:1], None, lambda q, n: docs[:n], top_n=2)
+    assert [c.text for c in mined.candidates] == ["Zorblax flows north.", "plain text"]
+    assert mined.candidates[0].metadata == {"src": "wiki"}
+    with pytest.raises(IndexError, match="corpus of 0"):
+        mine_candidates(QUESTIONS[:1], None, lambda q, n: [0])
+    with pytest.raises(ValueError, match="needs a corpus"):
+        mine_candidates(QUESTIONS[:1], None, "bm25")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        mine_candidates(QUESTIONS[:1], [], "bm25")
+
+
 class _BagOfWords:
     """A stand-in bi-encoder: normalised word counts over a fixed vocabulary."""
 

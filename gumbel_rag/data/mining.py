@@ -161,7 +161,7 @@ def _scored(corpus: Sequence[Candidate], hits: list[tuple[int, float]]) -> list[
 
 def mine_candidates(
     examples: Sequence[QAExample],
-    corpus: Sequence[Candidate | str],
+    corpus: Sequence[Candidate | str] | None,
     retriever: Retriever = "bm25",
     top_n: int = 10,
     gold_from_answer: bool = False,
@@ -170,14 +170,19 @@ def mine_candidates(
 
     ``retriever``: "bm25" (bm25s), "dense" (the default bi-encoder), an object with ``encode(texts)``
     (e.g. a fine-tuned GumbelReranker), or a callable ``(question, top_n) -> indices | Candidates | strs``.
+    ``corpus`` may be None for a callable that returns Candidates or strings (indices need a corpus).
     Examples that already have candidates are returned unchanged. Mined examples get ``gold`` = the
     candidates containing an answer when ``gold_from_answer``, else None (unknown).
     """
     if top_n < 1:
         raise ValueError(f"top_n must be >= 1, got {top_n}")
-    docs = [c if isinstance(c, Candidate) else Candidate(text=c) for c in corpus]
-    if not docs:
-        raise ValueError("the corpus is empty")
+    docs = [c if isinstance(c, Candidate) else Candidate(text=c) for c in corpus or []]
+    # A callable that returns documents (a framework's retriever) needs no corpus here.
+    needs_corpus = isinstance(retriever, str) or hasattr(retriever, "encode")
+    if not docs and needs_corpus:
+        raise ValueError(
+            "the corpus is empty" if corpus is not None else f"retriever {retriever!r} needs a corpus"
+        )
     todo = [i for i, ex in enumerate(examples) if not ex.candidates]
     questions = [examples[i].question for i in todo]
     if not todo:
