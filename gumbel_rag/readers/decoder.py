@@ -12,7 +12,6 @@ the prefix, to document i's keys with additive bias log M_i, and causally to the
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from gumbel_rag.readers.base import (
     resolve_device,
     validate_inputs,
 )
+from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
 
 logger = logging.getLogger(__name__)
 
@@ -178,24 +178,6 @@ def model_masks(config: Any, build: Any) -> torch.Tensor | dict[str, torch.Tenso
     return {kind: by_window[w] for kind, w in windows.items()}
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """transformers 5 renamed past_key_values to cache; use whichever forward() takes."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _new_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> Any:
-    """A fresh DynamicCache over per-layer tensors (its update() concatenates, never writes into them)."""
-    from transformers import DynamicCache
-
-    # No config: every layer is a plain full DynamicLayer, so a sliding-window layer does not drop keys
-    # we still want to bias (the window is enforced by our own mask, on position ids).
-    cache = DynamicCache()
-    for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
-        cache.update(k, v, layer)
-    return cache
-
-
 def _cache_tensors(cache: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-layer keys and values of a DynamicCache."""
     return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
@@ -242,7 +224,7 @@ class DecoderReader(Reader):
         self.prompt = self._prompt_format(tokenizer, instruction, use_chat_template)
         self.prefix_ids = list(self.prompt.bos_ids) + self._encode(self.prompt.prefix)
         self._document_suffix_ids = self._encode(self.prompt.document_suffix)
-        self._cache_kwarg = _cache_kwarg(self.model)
+        self._cache_kwarg = cache_kwarg(self.model)
         self._pad_id = self._pick_pad_id(tokenizer)
 
     @property
@@ -313,7 +295,7 @@ class DecoderReader(Reader):
         def build(window: int | None) -> torch.Tensor:
             return structural_bias(seg, pos, pos, seg, pos, pos, None, window, self.dtype)
 
-        cache = _new_cache([], [])
+        cache = dynamic_cache([], [])
         self.model(
             input_ids=ids,
             position_ids=pos,
@@ -351,7 +333,9 @@ class DecoderReader(Reader):
                 return structural_bias(q_seg, q_idx, q_idx, k_seg, k_idx, k_idx, None, window, self.dtype)
 
             pk, pv = prefix_kv
-            cache = _new_cache([k.expand(n, -1, -1, -1) for k in pk], [v.expand(n, -1, -1, -1) for v in pv])
+            cache = dynamic_cache(
+                [k.expand(n, -1, -1, -1) for k in pk], [v.expand(n, -1, -1, -1) for v in pv]
+            )
             self.model(
                 input_ids=ids,
                 position_ids=q_idx,
@@ -459,7 +443,7 @@ class DecoderReader(Reader):
             attention_mask=model_masks(self.model.config, build),
             use_cache=True,
             logits_to_keep=batch.answer_width + 1,
-            **{self._cache_kwarg: _new_cache(batch.keys, batch.values)},
+            **{self._cache_kwarg: dynamic_cache(batch.keys, batch.values)},
         )
         return self._loss_from_logits(batch, out.logits)
 

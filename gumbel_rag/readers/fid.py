@@ -8,7 +8,6 @@ masked out (or it has none), so the decoder always has something to attend to.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from gumbel_rag.readers.base import (
     resolve_device,
     validate_inputs,
 )
+from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
 
 PAD = -2
 QUESTION_ONLY = -4  # the fallback passage without a document
@@ -86,19 +86,11 @@ def _pad_stack(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
     return out
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """transformers 5 renamed past_key_values to cache; use whichever forward() takes."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _cross_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> Any:
     """A fresh EncoderDecoderCache whose cross-attention part holds the given keys/values (marked ready)."""
     from transformers import DynamicCache, EncoderDecoderCache
 
-    cross = DynamicCache()
-    for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
-        cross.update(k, v, layer)
+    cross = dynamic_cache(keys, values)
     # EncoderDecoderCache marks a layer "already computed" when its cross cache is non-empty at init.
     return EncoderDecoderCache(DynamicCache(), cross)
 
@@ -123,7 +115,7 @@ class FiDReader(Reader):
         self.tokenizer = tokenizer
         self.max_document_tokens = max_document_tokens
         self.passage_batch_size = passage_batch_size
-        self._cache_kwarg = _cache_kwarg(self.model)
+        self._cache_kwarg = cache_kwarg(self.model)
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = pad if isinstance(pad, int) else 0
         start = getattr(self.model.config, "decoder_start_token_id", None)
