@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import logging
 import sys
@@ -33,6 +35,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, except where there is none to show or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        # None/False defaults ("not set", a flag that is off) say nothing; the help explains them.
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return help_text
+        if "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        # Tuples such as --eval-k's (2, 5) read back as they are typed: 2,5.
+        if isinstance(action.default, tuple):
+            action = copy.copy(action)
+            action.default = ",".join(str(v) for v in action.default)
+        return super()._expand_help(action)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument(
@@ -52,7 +74,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (linear warm-up and decay)")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per micro-batch")
     p.add_argument("--grad-accum", type=_positive_int, default=4, help="micro-batches per optimizer step")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
+    p.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=None,
+        help="stop after this many optimizer steps (default: no limit)",
+    )
     p.add_argument("--eval-every", type=_positive_int, default=50, help="evaluate on --dev every N steps")
     p.add_argument("--save-every", type=_positive_int, default=50, help="checkpoint every N steps")
     p.add_argument("--eval-k", type=_ks, default=(2, 5), help="k values for Recall@k, e.g. 2,5")
@@ -74,11 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gumbel-rag",
         description="Fine-tune RAG rerankers end to end from question/answer pairs (Gumbel Reranking).",
+        epilog="Run 'gumbel-rag COMMAND --help' for a command's options. Nothing is downloaded: the "
+        "defaults ship as Python packages. Documentation: the docs/ site (mkdocs serve); its CLI page "
+        "lists every option.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter),
+    )
 
-    p = sub.add_parser("rerank", help="rank documents for a query and print JSON")
+    p = sub.add_parser(
+        "rerank",
+        help="rank documents for a query and print JSON",
+        description="Score every document of --documents against --query and print them as JSON, best "
+        "first, each with its input fields, 'index' (input position) and 'score' (raw model units).",
+    )
     p.add_argument("--query", required=True, help="the query text")
     p.add_argument(
         "--documents",
@@ -91,7 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="reranker name or path (default: all-MiniLM-L6-v2)")
     _add_model_args(p)
 
-    p = sub.add_parser("train", help="fine-tune a reranker from QA data through a frozen reader")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a reranker from QA data through a frozen reader",
+        description="Fine-tune a reranker from question/answer pairs: the relaxed top-k mask of its scores "
+        "gates a frozen reader's attention to each document, and the reader's answer loss trains it. "
+        "Writes the model, TensorBoard logs, metrics.jsonl, curves.png and checkpoints to --output.",
+    )
     p.add_argument(
         "--data", nargs="+", required=True, type=Path, help="training files (QA log/HotpotQA/MuSiQue)"
     )
@@ -106,7 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     _add_model_args(p)
 
-    p = sub.add_parser("eval", help="evaluate a reranker on labelled data (Recall@k, NDCG@k, MRR)")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a reranker on labelled data (Recall@k, NDCG@k, MRR)",
+        description="Rank the candidates of every labelled question and report Recall@k, NDCG@k, MRR and "
+        "indirect Recall@k (gold documents that do not contain the answer).",
+    )
     p.add_argument(
         "--data", required=True, type=Path, help="labelled file (QA log with gold, HotpotQA, MuSiQue)"
     )
@@ -119,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_model_args(p)
 
-    p = sub.add_parser("mine", help="add retrieved candidates to a QA log from a corpus")
+    p = sub.add_parser(
+        "mine",
+        help="add retrieved candidates to a QA log from a corpus",
+        description="Retrieve candidates for each question of a QA log from a corpus (BM25 or dense) and "
+        "write a QA log that 'gumbel-rag train' reads.",
+    )
     p.add_argument("--data", required=True, type=Path, help="QA log without (or with) candidates")
     p.add_argument(
         "--corpus", required=True, type=Path, help="corpus: JSONL/CSV/Parquet with 'text', or .txt"
@@ -131,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="the main job: fine-tune the default reranker on generated multi-hop QA, Recall before/after",
+        description="Generate a multi-hop QA log about fictional entities, measure the default reranker on "
+        "a held-out split, fine-tune it through the default reader, measure again and save the model. "
+        "Its defaults differ from 'train' (gentler; see docs/training.md, 'The main job').",
     )
     p.add_argument("--output", type=Path, default=Path("outputs/demo"), help="where the model and logs go")
     p.add_argument("--train-size", type=_positive_int, default=160, help="generated training questions")
