@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "default_reranker_path"]
+__all__ = ["METHODS", "cache_dir", "default_reranker_path"]
+
+# Training methods: gumbel is G-Rerank; emdr/pdist/loop/adist distil a reader signal; supervised needs gold.
+# Kept here, free of torch, so that `gumbel-rag --help` stays fast.
+METHODS = ("gumbel", "emdr", "pdist", "loop", "adist", "supervised")
 
 
 def cache_dir() -> Path:

@@ -33,7 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from gumbel_rag.data import QAExample
 from gumbel_rag.evaluation import evaluate_reranker
-from gumbel_rag.losses import GumbelRerankLoss
+from gumbel_rag.losses import METHODS, build_loss
 from gumbel_rag.plotting import plot_curves
 from gumbel_rag.readers.base import Reader
 from gumbel_rag.reranker import GumbelReranker
@@ -50,10 +50,13 @@ class TrainConfig:
     """Hyperparameters and bookkeeping for one fine-tuning run."""
 
     output_dir: str
+    method: str = "gumbel"
     k: int = 5
     kappa: float = 0.25
     tau: float = 1.0
     noise: bool = True
+    temperature: float = 1.0
+    teacher_temperature: float = 1.0
     learning_rate: float = 2e-5
     epochs: int = 1
     batch_size: int = 1
@@ -79,6 +82,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.tau <= 0:
             raise ValueError("learning_rate and tau must be > 0")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.temperature <= 0 or self.teacher_temperature <= 0:
+            raise ValueError("temperature and teacher_temperature must be > 0")
         if self.nonfinite not in ("skip", "raise"):
             raise ValueError(f"nonfinite must be 'skip' or 'raise', got {self.nonfinite!r}")
         self.eval_ks = tuple(self.eval_ks)
@@ -208,7 +215,7 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 def train(
     reranker: GumbelReranker,
-    reader: Reader,
+    reader: Reader | None,
     train_examples: Sequence[QAExample],
     config: TrainConfig,
     dev_examples: Sequence[QAExample] | None = None,
@@ -220,7 +227,29 @@ def train(
     Writes the final model to ``config.output_dir`` (a sentence-transformers directory), logs
     (TensorBoard events, ``metrics.jsonl``, ``curves.png``) to ``output_dir/logs`` and checkpoints
     to ``output_dir/checkpoints``. ``config.resume`` continues from the newest complete checkpoint.
+    ``config.method`` picks the loss (G-Rerank or a baseline); ``reader`` may be None only for
+    ``supervised``, which also drops the rows without gold labels.
     """
+    loss_fn = loss_fn or build_loss(
+        config.method,
+        reader,
+        k=config.k,
+        kappa=config.kappa,
+        tau=config.tau,
+        noise=config.noise,
+        temperature=config.temperature,
+        teacher_temperature=config.teacher_temperature,
+    )
+    if getattr(loss_fn, "needs_gold", False):
+        labelled = [ex for ex in train_examples if ex.gold]
+        if len(labelled) < len(train_examples):
+            logger.warning(
+                "%d of %d training rows have no gold candidate; the %s loss skips them",
+                len(train_examples) - len(labelled),
+                len(train_examples),
+                config.method,
+            )
+        train_examples = labelled
     if not train_examples:
         raise ValueError("no training examples (all rows were skipped, or the data is empty)")
     output = Path(config.output_dir)
@@ -237,9 +266,6 @@ def train(
     if accelerator.is_main_process:
         log_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    loss_fn = loss_fn or GumbelRerankLoss(
-        reader, k=config.k, kappa=config.kappa, tau=config.tau, noise=config.noise
-    )
 
     reranker.train()
     optimizer = torch.optim.AdamW(
@@ -422,7 +448,7 @@ def _window(n_micro: int, accumulation: int, n_batches: int) -> tuple[int, int]:
 
 def _micro_step(
     model: torch.nn.Module,
-    reader: Reader,
+    reader: Reader | None,
     loss_fn: Callable[..., torch.Tensor],
     batch: list[QAExample],
     generator: torch.Generator,
@@ -435,8 +461,13 @@ def _micro_step(
     questions = [ex.question for ex in batch]
     documents = [_texts(ex) for ex in batch]
     scores, valid = model(questions, documents)
-    reader_batch = reader.prepare(questions, documents, [ex.answers[0] for ex in batch])
-    loss = loss_fn(scores, valid, reader_batch, generator=generator)
+    reader_batch = None
+    if getattr(loss_fn, "needs_reader", True):
+        if reader is None:
+            raise ValueError("this loss needs a reader, but train() got reader=None")
+        reader_batch = reader.prepare(questions, documents, [ex.answers[0] for ex in batch])
+    extra = {"gold": _gold_mask(batch, valid)} if getattr(loss_fn, "needs_gold", False) else {}
+    loss = loss_fn(scores, valid, reader_batch, generator=generator, **extra)
     if torch.isfinite(loss):
         accelerator.backward(loss * scale)
         losses.append(loss.item())
@@ -444,6 +475,14 @@ def _micro_step(
     # A zero backward keeps DDP's gradient all-reduce in step with the other processes.
     accelerator.backward(scores.sum() * 0.0)
     return False
+
+
+def _gold_mask(batch: Sequence[QAExample], like: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool tensor of each row's gold candidates, shaped and placed like ``like``."""
+    gold = torch.zeros_like(like, dtype=torch.bool)
+    for row, ex in enumerate(batch):
+        gold[row, list(ex.gold or [])] = True
+    return gold
 
 
 def _grads_finite(model: torch.nn.Module) -> bool:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from gumbel_rag.gumbel import relaxed_topk_log_mask
+from gumbel_rag.losses.base import RerankLoss
 from gumbel_rag.readers.base import Reader, ReaderBatch
 
 __all__ = ["GumbelRerankLoss"]
 
 
-class GumbelRerankLoss(nn.Module):
+class GumbelRerankLoss(RerankLoss):
     """End-to-end reranker loss of Gumbel Reranking (Huang et al., ACL 2025, arXiv 2502.11116).
 
     Inputs: reranker scores ``w`` (B, N) with grad, a bool mask (B, N) of real candidates, and a
@@ -44,6 +44,7 @@ class GumbelRerankLoss(nn.Module):
         candidate_mask: torch.Tensor,
         reader_batch: ReaderBatch,
         generator: torch.Generator | None = None,
+        gold: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean answer NLL per token over the batch (a scalar with grad into ``scores``)."""
         log_mask = relaxed_topk_log_mask(

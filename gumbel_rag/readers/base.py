@@ -88,6 +88,22 @@ class Reader(ABC):
         """Reference for `answer_loss` that recomputes the document states in one forward (slow)."""
         raise NotImplementedError(f"{type(self).__name__} has no single-pass reference")
 
+    def answer_token_logprobs(
+        self, batch: ReaderBatch, log_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A) log-probability of each answer token given log_mask, and the (B, A) mask of real tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose per-token log-probabilities")
+
+    def document_attention(self, batch: ReaderBatch) -> torch.Tensor:
+        """(B, N) share of the answer tokens' attention on each document (mean over layers, heads, tokens)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose attention to documents")
+
+    def generate(
+        self, questions: Sequence[str], documents: Sequence[Sequence[str]], max_new_tokens: int = 32
+    ) -> list[str]:
+        """Greedy answers to each question from its documents (read the same way as in training)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot generate answers")
+
     def loss(
         self,
         questions: Sequence[str],
@@ -146,15 +162,27 @@ def effective_log_mask(batch: ReaderBatch, log_mask: torch.Tensor, dtype: torch.
     return torch.where(cand, log_mask, torch.full_like(log_mask, float("-inf")))
 
 
-def nll_per_row(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of `targets` over positions where target_mask is True, per row."""
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each target token (float32 or wider), 0 where target_mask is False."""
     # Half-precision log-softmax over a large vocabulary loses too much; never go below float32.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     logp = torch.log_softmax(logits, dim=-1)
     token_logp = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    token_logp = torch.where(target_mask, token_logp, torch.zeros_like(token_logp))
+    return torch.where(target_mask, token_logp, torch.zeros_like(token_logp))
+
+
+def nll_per_row(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of `targets` over positions where target_mask is True, per row."""
     counts = target_mask.sum(-1).clamp(min=1)
-    return -token_logp.sum(-1) / counts
+    return -token_logprobs(logits, targets, target_mask).sum(-1) / counts
+
+
+def segment_mass(weights: torch.Tensor, key_segment: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """Sum attention weights (B, H, Q, K) over the keys of each candidate: (B, H, Q, N)."""
+    onehot = (key_segment[:, :, None] == torch.arange(num_candidates, device=key_segment.device)).to(
+        weights.dtype
+    )
+    return torch.einsum("bhqk,bkn->bhqn", weights, onehot)
 
 
 def grad_ready_embeddings(embedding: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

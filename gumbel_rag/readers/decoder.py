@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,8 @@ from gumbel_rag.readers.base import (
     grad_ready_embeddings,
     nll_per_row,
     resolve_device,
+    segment_mass,
+    token_logprobs,
     validate_inputs,
 )
 from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
@@ -388,14 +390,6 @@ class DecoderReader(Reader):
         padded_values = [_pad_kv(rows, width) for rows in values]
 
         qa = [self.question_answer_ids(q, a) for q, a in zip(questions, answers, strict=True)]
-        qa_rows = [q + a for q, a in qa]
-        qa_ids = _pad_stack(qa_rows, self._pad_id, left=True)
-        qa_valid = _pad_stack([[1] * len(r) for r in qa_rows], 0, left=True).bool()
-        target_mask = _pad_stack([[0] * len(q) + [1] * len(a) for q, a in qa], 0, left=True).bool()
-        # Real tokens get question_offset + 0, 1, ...; padding positions are never attended.
-        offset = torch.cumsum(qa_valid.long(), dim=1) - 1
-        qa_position = self.question_offset + offset.clamp(min=0)
-
         dev = self.device
         return DecoderBatch(
             candidate_mask=candidate_mask_for(documents, dev),
@@ -404,12 +398,26 @@ class DecoderReader(Reader):
             key_position=_pad_stack(key_pos, 0).to(dev),
             keys=padded_keys,
             values=padded_values,
-            qa_ids=qa_ids.to(dev),
-            qa_valid=qa_valid.to(dev),
-            qa_position=qa_position.to(dev),
-            target_mask=target_mask.to(dev),
-            answer_width=max(len(a) for _, a in qa),
+            **self._qa_fields(qa),
         )
+
+    def _qa_fields(self, qa: Sequence[tuple[list[int], list[int]]]) -> dict[str, Any]:
+        """The question+answer tensors of a DecoderBatch, left padded so every row ends at the same column."""
+        qa_rows = [q + a for q, a in qa]
+        qa_ids = _pad_stack(qa_rows, self._pad_id, left=True)
+        qa_valid = _pad_stack([[1] * len(r) for r in qa_rows], 0, left=True).bool()
+        target_mask = _pad_stack([[0] * len(q) + [1] * len(a) for q, a in qa], 0, left=True).bool()
+        # Real tokens get question_offset + 0, 1, ...; padding positions are never attended.
+        offset = torch.cumsum(qa_valid.long(), dim=1) - 1
+        qa_position = self.question_offset + offset.clamp(min=0)
+        dev = self.device
+        return {
+            "qa_ids": qa_ids.to(dev),
+            "qa_valid": qa_valid.to(dev),
+            "qa_position": qa_position.to(dev),
+            "target_mask": target_mask.to(dev),
+            "answer_width": max(len(a) for _, a in qa),
+        }
 
     # ---------------------------------------------------------------- losses
 
@@ -421,6 +429,77 @@ class DecoderReader(Reader):
     def answer_loss(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
         """(B,) mean answer NLL, running only the question+answer tokens over the cached document keys."""
         batch = _as_decoder_batch(batch)
+        out = self._qa_forward(batch, log_mask, logits_to_keep=batch.answer_width + 1)
+        return self._loss_from_logits(batch, out.logits)
+
+    def answer_token_logprobs(
+        self, batch: ReaderBatch, log_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A) log p of each answer token over the cached document keys, and the (B, A) answer mask."""
+        batch = _as_decoder_batch(batch)
+        width = batch.answer_width
+        out = self._qa_forward(batch, log_mask, logits_to_keep=width + 1)
+        targets, mask = batch.qa_ids[:, -width:], batch.target_mask[:, -width:]
+        return token_logprobs(out.logits[:, :-1], targets, mask), mask
+
+    @torch.no_grad()
+    def document_attention(self, batch: ReaderBatch) -> torch.Tensor:
+        """(B, N) attention mass of the answer-predicting tokens on each document, all documents visible."""
+        batch = _as_decoder_batch(batch)
+        width = batch.answer_width
+        zeros = torch.zeros(batch.candidate_mask.shape, device=self.device)
+        # SDPA kernels never materialise the attention weights; eager does, for this one pass.
+        previous = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        try:
+            out = self._qa_forward(batch, zeros, logits_to_keep=1, output_attentions=True)
+        finally:
+            self.model.set_attn_implementation(previous)
+        q_seg = torch.where(batch.qa_valid, QA, PAD)
+        key_segment = torch.cat([batch.key_segment, q_seg], dim=1)
+        # The tokens that predict the answer: the one before each answer token.
+        rows = slice(-width - 1, -1)
+        predictors = batch.target_mask[:, -width:].to(torch.float32)
+        mass = torch.stack(
+            [segment_mass(a[:, :, rows].float(), key_segment, batch.num_candidates) for a in out.attentions]
+        )  # (layers, B, H, A, N)
+        per_token = mass.mean(dim=(0, 2))  # (B, A, N)
+        return (per_token * predictors[..., None]).sum(1) / predictors.sum(1, keepdim=True).clamp(min=1)
+
+    @torch.no_grad()
+    def generate(
+        self, questions: Sequence[str], documents: Sequence[Sequence[str]], max_new_tokens: int = 32
+    ) -> list[str]:
+        """Greedy answers read exactly as in training (documents in parallel, all fully visible)."""
+        batch = self.prepare(questions, documents, ["x"] * len(questions))
+        q_ids = [self._encode(self.prompt.question.replace(_QUESTION_SENTINEL, q)) for q in questions]
+        batch = replace(batch, **self._qa_fields([(q[:-1], q[-1:]) for q in q_ids]))
+        zeros = torch.zeros(batch.candidate_mask.shape, device=self.device)
+        stops = {i for i in (self.tokenizer.eos_token_id, self._pad_id) if isinstance(i, int)}
+        generated: list[list[int]] = [[] for _ in questions]
+        done = [False] * len(questions)
+        for _ in range(max_new_tokens):
+            logits = self._qa_forward(batch, zeros, logits_to_keep=1).logits[:, -1]
+            next_ids = logits.argmax(-1)
+            for row, token in enumerate(next_ids.tolist()):
+                done[row] = done[row] or token in stops
+                if not done[row]:
+                    generated[row].append(token)
+            if all(done):
+                break
+            # Re-running the few question+answer tokens each step keeps one code path for loss and decoding.
+            batch = replace(
+                batch,
+                qa_ids=torch.cat([batch.qa_ids, next_ids[:, None]], dim=1),
+                qa_valid=F.pad(batch.qa_valid, (0, 1), value=True),
+                qa_position=torch.cat([batch.qa_position, batch.qa_position[:, -1:] + 1], dim=1),
+                target_mask=F.pad(batch.target_mask, (0, 1), value=True),
+            )
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [t.strip().split("\n")[0].strip() for t in texts]
+
+    def _qa_forward(self, batch: DecoderBatch, log_mask: torch.Tensor, **model_kwargs: Any) -> Any:
+        """Run the question+answer tokens over the cached prefix/document keys with log_mask on doc keys."""
         self.model.eval()
         bias = effective_log_mask(batch, log_mask, self.dtype)
         b, t = batch.qa_ids.shape
@@ -437,15 +516,14 @@ class DecoderReader(Reader):
                 q_seg, q_idx, batch.qa_position, k_seg, k_idx, k_pos, bias, window, self.dtype
             )
 
-        out = self.model(
+        return self.model(
             inputs_embeds=grad_ready_embeddings(self.model.get_input_embeddings(), batch.qa_ids),
             position_ids=batch.qa_position,
             attention_mask=model_masks(self.model.config, build),
             use_cache=True,
-            logits_to_keep=batch.answer_width + 1,
+            **model_kwargs,
             **{self._cache_kwarg: dynamic_cache(batch.keys, batch.values)},
         )
-        return self._loss_from_logits(batch, out.logits)
 
     def answer_loss_single_pass(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
         """Reference for answer_loss: one forward over [prefix | docs | question+answer], no cache."""

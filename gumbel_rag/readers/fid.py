@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
+from transformers.modeling_outputs import BaseModelOutput
 
 from gumbel_rag.readers.base import (
     Reader,
@@ -24,6 +25,8 @@ from gumbel_rag.readers.base import (
     grad_ready_embeddings,
     nll_per_row,
     resolve_device,
+    segment_mass,
+    token_logprobs,
     validate_inputs,
 )
 from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
@@ -218,20 +221,71 @@ class FiDReader(Reader):
     def answer_loss(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
         """(B,) mean answer NLL: only the decoder runs, over cached cross-attention keys/values."""
         batch = _as_fid_batch(batch)
+        out = self._decoder_forward(batch, log_mask)
+        return nll_per_row(out.logits, batch.labels, batch.target_mask)
+
+    def answer_token_logprobs(
+        self, batch: ReaderBatch, log_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A) log p of each answer token (decoder over cached cross keys) and the (B, A) label mask."""
+        batch = _as_fid_batch(batch)
+        out = self._decoder_forward(batch, log_mask)
+        return token_logprobs(out.logits, batch.labels, batch.target_mask), batch.target_mask
+
+    @torch.no_grad()
+    def document_attention(self, batch: ReaderBatch) -> torch.Tensor:
+        """(B, N) cross-attention mass of the decoder's answer positions on each passage's encoder states."""
+        batch = _as_fid_batch(batch)
+        zeros = torch.zeros(batch.candidate_mask.shape, device=self.device)
+        # SDPA kernels never materialise the attention weights; eager does, for this one pass.
+        previous = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        try:
+            out = self._decoder_forward(batch, zeros, output_attentions=True)
+        finally:
+            self.model.set_attn_implementation(previous)
+        mass = torch.stack(
+            [segment_mass(a.float(), batch.key_segment, batch.num_candidates) for a in out.cross_attentions]
+        )  # (layers, B, H, A, N)
+        per_token = mass.mean(dim=(0, 2))
+        weights = batch.target_mask.to(torch.float32)
+        return (per_token * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
+
+    @torch.no_grad()
+    def generate(
+        self, questions: Sequence[str], documents: Sequence[Sequence[str]], max_new_tokens: int = 32
+    ) -> list[str]:
+        """Greedy answers, Fusion-in-Decoder style: the decoder reads every passage's encoder states."""
+        batch = _as_fid_batch(self.prepare(questions, documents, ["x"] * len(questions)))
+        # The question-only passage stays hidden whenever a document is present, exactly as in training.
+        visible = batch.key_segment >= 0
+        no_docs = ~batch.candidate_mask.any(dim=1, keepdim=True)
+        visible |= (batch.key_segment == QUESTION_ONLY) & no_docs
+        output = self.model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=batch.encoder_states),
+            attention_mask=visible.long(),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+        )
+        return [t.strip() for t in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+    def _decoder_forward(self, batch: FiDBatch, log_mask: torch.Tensor, **model_kwargs: Any) -> Any:
+        """Run the decoder over the cached cross-attention keys/values with log_mask on passage keys."""
         self.model.eval()
         bias = cross_attention_bias(
             batch.key_segment, effective_log_mask(batch, log_mask, self.dtype), self.dtype
         )
-        out = self.model(
+        return self.model(
             encoder_outputs=(batch.encoder_states,),
             attention_mask=bias,
             decoder_inputs_embeds=grad_ready_embeddings(
                 self.model.get_input_embeddings(), batch.decoder_input_ids
             ),
             use_cache=True,
+            **model_kwargs,
             **{self._cache_kwarg: _cross_cache(batch.cross_keys, batch.cross_values)},
         )
-        return nll_per_row(out.logits, batch.labels, batch.target_mask)
 
     def answer_loss_single_pass(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
         """Reference: re-encode all passages in one block-diagonal encoder pass, then a plain decoder pass."""
