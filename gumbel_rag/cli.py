@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command",
         required=True,
         metavar="COMMAND",
+        help="the command to run ('gumbel-rag COMMAND --help' for its options)",
         parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter),
     )
 
