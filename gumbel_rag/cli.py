@@ -65,11 +65,32 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from gumbel_rag.defaults import METHODS
+
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="gumbel",
+        help="training loss: gumbel (G-Rerank), the distillation baselines emdr, pdist, loop, adist, or "
+        "supervised (listwise loss on gold labels; needs labelled rows, no reader)",
+    )
     p.add_argument("--reader", default=None, help="reader LLM name or path (default: SmolLM2-135M-Instruct)")
     p.add_argument("--k", type=_positive_int, default=5, help="documents the reader sees (relaxed top-k)")
     p.add_argument("--kappa", type=float, default=0.25, help="scale of the reranker scores before the noise")
     p.add_argument("--tau", type=float, default=1.0, help="temperature of the relaxed top-k")
     p.add_argument("--no-noise", action="store_true", help="ablation: no Gumbel noise")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="baselines: temperature T of the reranker's distribution softmax(w / T)",
+    )
+    p.add_argument(
+        "--teacher-temperature",
+        type=float,
+        default=1.0,
+        help="pdist/loop/adist: temperature T' of the teacher distribution",
+    )
     p.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training data")
     p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (linear warm-up and decay)")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per micro-batch")
@@ -156,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a reranker on labelled data (Recall@k, NDCG@k, MRR)",
+        help="evaluate a reranker on labelled data (Recall@k, NDCG@k, MRR; answer EM/F1 with --answers)",
         description="Rank the candidates of every labelled question and report Recall@k, NDCG@k, MRR and "
-        "indirect Recall@k (gold documents that do not contain the answer).",
+        "indirect Recall@k (gold documents that do not contain the answer). With --answers the reader also "
+        "answers every question from the reranker's top documents, scored by exact match and token F1.",
     )
     p.add_argument(
         "--data", required=True, type=Path, help="labelled file (QA log with gold, HotpotQA, MuSiQue)"
@@ -170,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reranker", default=None, help="reranker name or path (default: all-MiniLM-L6-v2)")
     p.add_argument("--k", type=_ks, default=(2, 5), help="k values, comma-separated (default 2,5)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument(
+        "--answers",
+        action="store_true",
+        help="also let the reader answer from the reranker's top --answer-k documents and report EM and F1",
+    )
+    p.add_argument("--answer-k", type=_positive_int, default=5, help="documents the reader answers from")
+    p.add_argument("--reader", default=None, help="reader for --answers (default: SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--max-document-tokens", type=_positive_int, default=128, help="reader tokens per document"
+    )
+    p.add_argument("--max-new-tokens", type=_positive_int, default=24, help="longest generated answer")
     _add_model_args(p)
 
     p = sub.add_parser(
@@ -261,10 +294,13 @@ def _train_config(args: argparse.Namespace, output: Path, resume: bool) -> Any:
 
     return TrainConfig(
         output_dir=str(output),
+        method=args.method,
         k=args.k,
         kappa=args.kappa,
         tau=args.tau,
         noise=not args.no_noise,
+        temperature=args.temperature,
+        teacher_temperature=args.teacher_temperature,
         learning_rate=args.lr,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -281,19 +317,26 @@ def _train_config(args: argparse.Namespace, output: Path, resume: bool) -> Any:
 
 
 def _load_models(args: argparse.Namespace, reranker_name: str | None) -> tuple[Any, Any]:
+    """The reranker to train and the frozen reader (None for methods that do not use one)."""
     from gumbel_rag import GumbelReranker
-    from gumbel_rag.readers import load_reader
 
     reranker = GumbelReranker.from_pretrained(
         reranker_name, device=args.device, trust_remote_code=args.trust_remote_code
     )
-    reader = load_reader(
+    if getattr(args, "method", "gumbel") == "supervised":
+        return reranker, None
+    return reranker, _load_reader(args)
+
+
+def _load_reader(args: argparse.Namespace) -> Any:
+    from gumbel_rag.readers import load_reader
+
+    return load_reader(
         args.reader,
         device=args.device,
         max_document_tokens=args.max_document_tokens,
         trust_remote_code=args.trust_remote_code,
     )
-    return reranker, reader
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -334,6 +377,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         args.reranker, device=args.device, trust_remote_code=args.trust_remote_code
     )
     metrics = evaluate_reranker(reranker, examples, ks=args.k, progress=not args.json)
+    if args.answers:
+        from gumbel_rag.evaluation import evaluate_answers
+
+        metrics.update(
+            evaluate_answers(
+                reranker,
+                _load_reader(args),
+                examples,
+                k=args.answer_k,
+                max_new_tokens=args.max_new_tokens,
+                progress=not args.json,
+            )
+        )
     if args.json:
         json.dump(
             {"data": str(args.data), "reranker": args.reranker or "default", **metrics}, sys.stdout, indent=2
@@ -341,7 +397,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     print(f"loaded {summary}")
-    if not metrics.get("n"):
+    if not metrics.get("n") and not metrics.get("n_answers"):
         print("no labelled examples (gold documents) to evaluate")
         return 1
     for key, value in metrics.items():

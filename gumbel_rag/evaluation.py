@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,14 @@ from gumbel_rag.data import QAExample
 from gumbel_rag.metrics import mean_metrics, ranking_metrics, recall_at_k
 from gumbel_rag.reranker import GumbelReranker
 
-__all__ = ["evaluate_reranker", "normalize_answer", "rank_examples"]
+__all__ = [
+    "answer_exact_match",
+    "answer_f1",
+    "evaluate_answers",
+    "evaluate_reranker",
+    "normalize_answer",
+    "rank_examples",
+]
 
 
 def normalize_answer(text: str) -> str:
@@ -23,6 +31,27 @@ def normalize_answer(text: str) -> str:
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
+
+
+def answer_exact_match(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised acceptable answer (SQuAD EM), else 0.0."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(a) for a in answers))
+
+
+def answer_f1(prediction: str, answers: Sequence[str]) -> float:
+    """Best token-overlap F1 of the normalised prediction against the acceptable answers (SQuAD F1)."""
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for answer in answers:
+        gold = normalize_answer(answer).split()
+        common = sum((Counter(pred) & Counter(gold)).values())
+        if not pred or not gold:
+            best = max(best, float(pred == gold))
+        elif common:
+            precision, recall = common / len(pred), common / len(gold)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
 
 
 def _indirect_gold(example: QAExample) -> list[int]:
@@ -99,3 +128,34 @@ def evaluate_reranker(
     out["n"] = len(rows)
     out["n_indirect"] = len(indirect)
     return out
+
+
+def evaluate_answers(
+    reranker: GumbelReranker,
+    reader: Any,
+    examples: Sequence[QAExample],
+    k: int = 5,
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Answer EM and F1 of ``reader`` generating from each example's top-``k`` reranked candidates.
+
+    Every example with an answer counts (gold labels are not needed). The documents keep their reranked
+    order. Returns ``answer_em@k``, ``answer_f1@k`` and ``n_answers``.
+    """
+    usable = [ex for ex in examples if ex.answers]
+    if not usable:
+        return {"n_answers": 0}
+    rankings = rank_examples(reranker, usable, progress=progress)
+    em, f1 = [], []
+    for start in tqdm(range(0, len(usable), batch_size), desc="answering", disable=not progress):
+        part = usable[start : start + batch_size]
+        tops = rankings[start : start + batch_size]
+        documents = [[ex.candidates[i].content for i in top[:k]] for ex, top in zip(part, tops, strict=True)]
+        predictions = reader.generate([ex.question for ex in part], documents, max_new_tokens=max_new_tokens)
+        for ex, prediction in zip(part, predictions, strict=True):
+            em.append(answer_exact_match(prediction, ex.answers))
+            f1.append(answer_f1(prediction, ex.answers))
+    return {f"answer_em@{k}": sum(em) / len(em), f"answer_f1@{k}": sum(f1) / len(f1), "n_answers": len(em)}

@@ -105,3 +105,38 @@ def test_mine_adds_candidates(tmp_path: Path, capsys) -> None:
     (example,), _ = load_examples(tmp_path / "mined.jsonl")
     assert len(example.candidates) == 2
     assert "Zorblax river" in example.candidates[0].text
+
+
+def test_train_supervised_needs_no_reader_and_pdist_trains(
+    tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, capsys
+):
+    examples = generate_multihop(8, seed=6, n_candidates=4)
+    write_qalog(examples, tmp_path / "train.jsonl")
+    common = [
+        "train", "--data", str(tmp_path / "train.jsonl"), "--reranker", str(tiny_bi_encoder_dir), "--k", "2",
+        "--batch-size", "2", "--grad-accum", "2", "--max-document-tokens", "16", "--lr", "1e-3",
+        "--no-progress", "--mixed-precision", "no",
+    ]  # fmt: skip
+    # A reader path that does not exist proves the supervised method never loads one.
+    sup = tmp_path / "sup"
+    assert (
+        main([*common, "--method", "supervised", "--reader", str(tmp_path / "nope"), "--output", str(sup)])
+        == 0
+    )
+    assert json.loads((sup / "logs" / "train_config.json").read_text())["method"] == "supervised"
+    pdist = tmp_path / "pdist"
+    assert main([*common, "--method", "pdist", "--reader", str(tiny_reader_dir), "--output", str(pdist)]) == 0
+    assert "2 steps (0 skipped)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*common, "--method", "nope", "--output", str(tmp_path / "x")])
+
+
+def test_eval_answers_reports_em_and_f1(tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, capsys) -> None:
+    write_qalog(generate_multihop(3, seed=7, n_candidates=3), tmp_path / "dev.jsonl")
+    args = ["eval", "--data", str(tmp_path / "dev.jsonl"), "--reranker", str(tiny_bi_encoder_dir), "--json"]
+    extra = ["--answers", "--answer-k", "2", "--reader", str(tiny_reader_dir), "--max-new-tokens", "3"]
+    assert main([*args, *extra]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_answers"] == 3 and 0.0 <= metrics["answer_f1@2"] <= 1.0 and "answer_em@2" in metrics
+    assert main(args) == 0
+    assert "answer_f1@2" not in json.loads(capsys.readouterr().out)

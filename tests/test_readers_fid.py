@@ -189,3 +189,14 @@ def test_question_only_passage_is_visible_only_without_documents() -> None:
     assert shown.tolist() == [-0.5, -0.5, inf, inf, inf]
     hidden = cross_attention_bias(seg, torch.tensor([[inf, inf]]), torch.float32)[0, 0, 0]
     assert hidden.tolist() == [inf, inf, inf, 0.0, inf]
+
+
+def test_batched_generation_equals_one_question_at_a_time() -> None:
+    reader = make_reader()
+    questions = ["who built it?", "what is b?"]
+    documents = [["ivo lund built the tower"], ["b is two", "c is three"]]
+    batched = reader.generate(questions, documents, max_new_tokens=5)
+    alone = [
+        reader.generate([q], [d], max_new_tokens=5)[0] for q, d in zip(questions, documents, strict=True)
+    ]
+    assert batched == alone and len(batched) == 2
