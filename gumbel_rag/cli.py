@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, type=Path, help="QA log JSONL to write, with candidates")
     p.add_argument("--retriever", choices=["bm25", "dense"], default="bm25", help="how to retrieve")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="bi-encoder name or path for --retriever dense (default: all-MiniLM-L6-v2; a fine-tuned "
+        "gumbel-rag bi-encoder works too)",
+    )
     p.add_argument("--top-n", type=_positive_int, default=10, help="candidates per question")
 
     p = sub.add_parser(
@@ -406,13 +412,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
+    import os
+
     from gumbel_rag.data import DataError, mine_file
 
+    state = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Launched on several processes (torchrun / accelerate launch): split the questions, gather,
+        # write once. PartialState ignores ACCELERATE_USE_CPU unless told, and CPU needs gloo.
+        from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
+
+        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    retriever: Any = args.retriever
+    if args.encoder is not None:
+        if args.retriever != "dense":
+            raise SystemExit("error: --encoder needs --retriever dense")
+        from gumbel_rag.reranker import GumbelReranker
+
+        device = state.device if state is not None else None
+        retriever = GumbelReranker.from_pretrained(args.encoder, kind="bi-encoder", device=device)
     try:
-        summary = mine_file(args.data, args.corpus, args.output, retriever=args.retriever, top_n=args.top_n)
+        summary = mine_file(
+            args.data, args.corpus, args.output, retriever=retriever, top_n=args.top_n, accelerator=state
+        )
     except DataError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    print(f"mined {summary}; wrote {args.output}")
+    if state is None or state.is_main_process:
+        print(f"mined {summary}; wrote {args.output}")
     return 0
 
 

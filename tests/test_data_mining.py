@@ -223,3 +223,29 @@ def test_mine_file(tmp_path: Path) -> None:
     assert ex.gold is None
     with pytest.raises(DataError, match=r"log\.csv:3: field 'answer'"):
         mine_file(log, corpus, out)
+
+
+def test_cli_mine_dense_with_an_encoder_directory(tiny_bi_encoder_dir: Path, tmp_path: Path) -> None:
+    from gumbel_rag import GumbelReranker, cli
+
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        "".join(json.dumps({"question": ex.question, "answer": ex.answers[0]}) + "\n" for ex in QUESTIONS)
+    )
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"text": c.text, "id": c.id, "title": c.title}) + "\n" for c in CORPUS)
+    )
+    out = tmp_path / "mined.jsonl"
+    common = ["mine", "--data", str(log), "--corpus", str(corpus), "--output", str(out), "--top-n", "2"]
+    assert cli.main([*common, "--retriever", "dense", "--encoder", str(tiny_bi_encoder_dir)]) == 0
+    # The file holds what mine_candidates gives with that encoder (a random tiny model: no quality claim).
+    expected = mine_candidates(
+        QUESTIONS, CORPUS, GumbelReranker.from_pretrained(tiny_bi_encoder_dir), top_n=2
+    )
+    mined, _ = load_examples(out)
+    assert [[c.id for c in ex.candidates] for ex in mined] == [
+        [c.id for c in ex.candidates] for ex in expected
+    ]
+    with pytest.raises(SystemExit, match="--encoder needs --retriever dense"):
+        cli.main([*common, "--encoder", str(tiny_bi_encoder_dir)])

@@ -8,7 +8,7 @@ import string
 from collections.abc import Callable, Sequence
 from numbers import Integral
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gumbel_rag.data.formats import load_examples, write_qalog
 from gumbel_rag.data.formats.qalog import fail, parse_candidate, read_rows
@@ -91,6 +91,8 @@ def answer_in_text(answers: Sequence[str], text: str) -> bool:
 
 
 def _bm25(corpus: Sequence[Candidate], queries: Sequence[str], top_n: int) -> list[list[tuple[int, float]]]:
+    if not queries:  # a process whose share of the questions is empty
+        return []
     import bm25s
 
     index = bm25s.BM25()
@@ -107,12 +109,35 @@ def _bm25(corpus: Sequence[Candidate], queries: Sequence[str], top_n: int) -> li
     ]
 
 
+def _encode_corpus(encoder: Encoder, texts: list[str], accelerator: Any | None) -> torch.Tensor:
+    """Corpus embeddings; with several processes each encodes a contiguous share and all get the whole."""
+    import torch
+
+    if not _is_distributed(accelerator):
+        return encoder.encode(texts).float()
+    from accelerate.utils import gather_object
+
+    with accelerator.split_between_processes(texts) as share:
+        # A rank whose share is empty (corpus smaller than the world) still joins the gather.
+        local = encoder.encode(share).float().cpu() if share else None
+    # Moved to CPU first: a pickled CUDA tensor would unpickle onto the sender's device index.
+    parts = [part for part in gather_object([local]) if part is not None]
+    return torch.cat(parts)
+
+
 def _dense(
-    encoder: Encoder, corpus: Sequence[Candidate], queries: Sequence[str], top_n: int
+    encoder: Encoder,
+    corpus: Sequence[Candidate],
+    queries: Sequence[str],
+    top_n: int,
+    accelerator: Any | None = None,
 ) -> list[list[tuple[int, float]]]:
     import torch
 
-    docs = torch.nn.functional.normalize(encoder.encode([c.content for c in corpus]).float(), dim=-1)
+    if not queries and not _is_distributed(accelerator):
+        return []
+    docs = _encode_corpus(encoder, [c.content for c in corpus], accelerator)
+    docs = torch.nn.functional.normalize(docs, dim=-1)
     results = []
     for start in range(0, len(queries), _QUERY_BATCH):
         q = torch.nn.functional.normalize(
@@ -126,10 +151,15 @@ def _dense(
     return results
 
 
-def _default_encoder() -> Encoder:
+def _default_encoder(accelerator: Any | None = None) -> Encoder:
     from gumbel_rag.reranker import GumbelReranker
 
-    return GumbelReranker.from_pretrained()
+    # Under a launcher every process encodes on its own device (its GPU), not all on the first one.
+    return GumbelReranker.from_pretrained(device=accelerator.device if accelerator is not None else None)
+
+
+def _is_distributed(accelerator: Any | None) -> bool:
+    return accelerator is not None and accelerator.num_processes > 1
 
 
 def _from_callable(
@@ -165,6 +195,8 @@ def mine_candidates(
     retriever: Retriever = "bm25",
     top_n: int = 10,
     gold_from_answer: bool = False,
+    *,
+    accelerator: Any | None = None,
 ) -> list[QAExample]:
     """Give every example without candidates the ``top_n`` corpus documents retrieved for its question.
 
@@ -173,6 +205,11 @@ def mine_candidates(
     ``corpus`` may be None for a callable that returns Candidates or strings (indices need a corpus).
     Examples that already have candidates are returned unchanged. Mined examples get ``gold`` = the
     candidates containing an answer when ``gold_from_answer``, else None (unknown).
+
+    ``accelerator``: an ``accelerate.PartialState`` (or ``Accelerator``) of several processes splits the
+    work: each process retrieves for a contiguous share of the questions (and, for dense retrieval,
+    embeds a share of the corpus), and the results are gathered, so every process returns what a
+    single process would, in the same order. Every process must call this with the same arguments.
     """
     if top_n < 1:
         raise ValueError(f"top_n must be >= 1, got {top_n}")
@@ -184,26 +221,23 @@ def mine_candidates(
             "the corpus is empty" if corpus is not None else f"retriever {retriever!r} needs a corpus"
         )
     todo = [i for i, ex in enumerate(examples) if not ex.candidates]
-    questions = [examples[i].question for i in todo]
-    if not todo:
-        mined: list[list[Candidate]] = []
-    elif isinstance(retriever, str):
-        if retriever == "bm25":
-            hits = _bm25(docs, questions, top_n)
-        elif retriever == "dense":
-            hits = _dense(_default_encoder(), docs, questions, top_n)
-        else:
-            raise ValueError(f"unknown retriever {retriever!r}; expected 'bm25', 'dense' or a callable")
-        mined = [_scored(docs, h) for h in hits]
-    elif hasattr(retriever, "encode"):
-        # Checked before callable(): a reranker is an nn.Module, whose __call__ is not a retriever.
-        mined = [_scored(docs, h) for h in _dense(retriever, docs, questions, top_n)]
-    elif callable(retriever):
-        mined = [_from_callable(retriever, docs, q, top_n) for q in questions]
-    else:
+    if isinstance(retriever, str) and retriever not in ("bm25", "dense"):
+        raise ValueError(f"unknown retriever {retriever!r}; expected 'bm25', 'dense' or a callable")
+    if not isinstance(retriever, str) and not hasattr(retriever, "encode") and not callable(retriever):
         raise TypeError(
             f"retriever must be 'bm25', 'dense', an encoder or a callable, got {type(retriever).__name__}"
         )
+    if not todo:
+        mined: list[list[Candidate]] = []
+    elif _is_distributed(accelerator):
+        from accelerate.utils import gather_object
+
+        # Contiguous shares in rank order, so the gathered lists are back in the original order.
+        with accelerator.split_between_processes(todo) as share:
+            local = _retrieve(docs, [examples[i].question for i in share], retriever, top_n, accelerator)
+        mined = gather_object(local)
+    else:
+        mined = _retrieve(docs, [examples[i].question for i in todo], retriever, top_n, None)
     out = list(examples)
     for i, candidates in zip(todo, mined, strict=True):
         ex = examples[i]
@@ -212,6 +246,25 @@ def mine_candidates(
             gold = [j for j, c in enumerate(candidates) if answer_in_text(ex.answers, c.content)]
         out[i] = dataclasses.replace(ex, candidates=candidates, gold=gold)
     return out
+
+
+def _retrieve(
+    docs: Sequence[Candidate],
+    questions: Sequence[str],
+    retriever: Retriever,
+    top_n: int,
+    accelerator: Any | None,
+) -> list[list[Candidate]]:
+    """The candidates of each question, best first (one process's share under a launcher)."""
+    if isinstance(retriever, str):
+        if retriever == "bm25":
+            return [_scored(docs, h) for h in _bm25(docs, questions, top_n)]
+        encoder = _default_encoder(accelerator)
+        return [_scored(docs, h) for h in _dense(encoder, docs, questions, top_n, accelerator)]
+    if hasattr(retriever, "encode"):
+        # Checked before callable(): a reranker is an nn.Module, whose __call__ is not a retriever.
+        return [_scored(docs, h) for h in _dense(retriever, docs, questions, top_n, accelerator)]
+    return [_from_callable(retriever, docs, q, top_n) for q in questions]
 
 
 def mine_file(
@@ -223,10 +276,26 @@ def mine_file(
     *,
     gold_from_answer: bool = False,
     skip_invalid: bool = False,
+    accelerator: Any | None = None,
 ) -> LoadSummary:
-    """Load a QA log, mine candidates for its rows from a corpus file, write the result as a QA log."""
+    """Load a QA log, mine candidates for its rows from a corpus file, write the result as a QA log.
+
+    With an ``accelerator`` of several processes (see :func:`mine_candidates`) the questions are
+    split across them, and the main process alone writes one file, identical to a one-process run.
+    """
     examples, summary = load_examples(data_path, skip_invalid=skip_invalid)
     corpus = load_corpus(corpus_path)
-    mined = mine_candidates(examples, corpus, retriever, top_n=top_n, gold_from_answer=gold_from_answer)
-    write_qalog(mined, output_path)
+    mined = mine_candidates(
+        examples,
+        corpus,
+        retriever,
+        top_n=top_n,
+        gold_from_answer=gold_from_answer,
+        accelerator=accelerator,
+    )
+    if accelerator is None or accelerator.is_main_process:
+        write_qalog(mined, output_path)
+    if _is_distributed(accelerator):
+        # Nobody returns before the file exists, so a launched script can read it right after.
+        accelerator.wait_for_everyone()
     return summary
