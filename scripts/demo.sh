@@ -21,4 +21,11 @@ START=$SECONDS
 gumbel-rag demo "$@"
 # The core imports no framework, so the integration runs as its own step, as an application would.
 python scripts/demo_integration.py --model "$OUTPUT/model" --data "$OUTPUT/data/dev.jsonl" --compare-default
+# The paths again, last, where they are easy to find (the demo printed them before the integration step).
+MODEL="$OUTPUT/model"
+echo
+echo "model:   $MODEL  (load it with GumbelReranker.from_pretrained, SentenceTransformer or any integration)"
+echo "logs:    $MODEL/logs  (tensorboard --logdir $MODEL/logs)"
+echo "curves:  $MODEL/logs/curves.png"
+echo "results: $OUTPUT/demo_results.json"
 echo "main job done in $((SECONDS - START)) s"
