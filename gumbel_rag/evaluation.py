@@ -20,6 +20,7 @@ __all__ = [
     "answer_f1",
     "evaluate_answers",
     "evaluate_reranker",
+    "indirect_gold",
     "normalize_answer",
     "rank_examples",
 ]
@@ -54,7 +55,7 @@ def answer_f1(prediction: str, answers: Sequence[str]) -> float:
     return best
 
 
-def _indirect_gold(example: QAExample) -> list[int]:
+def indirect_gold(example: QAExample) -> list[int]:
     """Gold candidates that do not contain any normalised answer (needed only for the reasoning)."""
     answers = [normalize_answer(a) for a in example.answers if normalize_answer(a)]
     return [
@@ -87,7 +88,7 @@ def _example_rows(
     """Per labelled example: its ranking metrics, and its indirect recalls (None without indirect gold)."""
     rows: list[tuple[dict[str, float], dict[str, float] | None]] = []
     for ranking, ex in zip(rank_examples(reranker, examples, progress=progress), examples, strict=True):
-        indirect = _indirect_gold(ex)
+        indirect = indirect_gold(ex)
         rows.append(
             (
                 ranking_metrics(ranking, ex.gold or [], ks),
