@@ -11,6 +11,7 @@ stays readable.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -19,14 +20,14 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -282,6 +283,13 @@ def train(
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(config.warmup_ratio * total_steps), max(total_steps, 1)
     )
+    # FSDP and DeepSpeed ZeRO-3 shard the weights, and sentence-transformers saves only a whole model:
+    # the main process keeps an unsharded copy to load the gathered weights into at the end.
+    template = (
+        copy.deepcopy(reranker) if _shards_weights(accelerator) and accelerator.is_main_process else None
+    )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        _configure_deepspeed(accelerator, config)
     # The scheduler stays unprepared: total_steps already counts global steps, and a prepared
     # scheduler would step once per process.
     model, optimizer = accelerator.prepare(reranker, optimizer)
@@ -303,7 +311,8 @@ def train(
         if not dev_examples:
             return {}
         unwrapped = accelerator.unwrap_model(model)
-        metrics = evaluate_reranker(unwrapped, dev_examples, ks=config.eval_ks, accelerator=accelerator)
+        with _full_parameters(accelerator, model):
+            metrics = evaluate_reranker(unwrapped, dev_examples, ks=config.eval_ks, accelerator=accelerator)
         unwrapped.train()
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         if accelerator.is_main_process:
@@ -349,6 +358,10 @@ def train(
             if not sync:
                 continue
             step_ok = step_ok and _grads_finite(model)
+            if world > 1:
+                # One decision for all processes: under FSDP each sees only its shard of the
+                # gradients, and a non-finite loss on one rank alone must not leave the replicas apart.
+                step_ok = _on_every_rank(accelerator, step_ok)
             if step_ok:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
@@ -396,8 +409,8 @@ def train(
         last_metrics = evaluate(progress.step)
     accelerator.wait_for_everyone()
     curves = log_dir / "curves.png"
+    _save_model(accelerator, model, template, output)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output)
         plot_curves(metrics_file, curves)
         summary = {
             "steps": progress.step,
@@ -487,7 +500,99 @@ def _gold_mask(batch: Sequence[QAExample], like: torch.Tensor) -> torch.Tensor:
 
 def _grads_finite(model: torch.nn.Module) -> bool:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
+    # FSDP2 gradients are DTensors: check this process's shard (_on_every_rank combines the ranks).
+    grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
     return all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def _on_every_rank(accelerator: Accelerator, ok: bool) -> bool:
+    """True only when ``ok`` holds on every process."""
+    failed = accelerator.reduce(torch.tensor([0.0 if ok else 1.0], device=accelerator.device), "sum")
+    return float(failed.item()) == 0.0
+
+
+def _configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
+    """Tell DeepSpeed the loop's micro-batch, which it would otherwise read from a prepared dataloader."""
+    if config.gradient_accumulation_steps != 1:
+        # Under DeepSpeed, accelerator.backward also runs the engine's step, which accumulates on its own
+        # schedule and rescales the loss; the loop's accumulation windows would be applied twice.
+        raise ValueError(
+            "under DeepSpeed use gradient_accumulation_steps=1 (--grad-accum 1) and scale --batch-size"
+        )
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    ds_config["gradient_accumulation_steps"] = 1
+
+
+def _zero_stage(accelerator: Accelerator) -> int:
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return 0
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+def _shards_weights(accelerator: Accelerator) -> bool:
+    """Whether each process holds only a shard of the reranker's weights (FSDP, DeepSpeed ZeRO-3)."""
+    return accelerator.distributed_type == DistributedType.FSDP or _zero_stage(accelerator) == 3
+
+
+@contextlib.contextmanager
+def _full_parameters(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[None]:
+    """Whole reranker weights on every process while evaluating (a no-op unless weights are sharded).
+
+    Evaluation calls ``score_batch``, which runs the sentence-transformers model directly, so the
+    forward hooks with which FSDP / ZeRO-3 gather the weights never fire; gather them here. Each
+    process then ranks its own share of the dev set with no collective in between.
+    """
+    if not _shards_weights(accelerator):
+        yield
+    elif accelerator.is_fsdp2:
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        # Evaluating before the first training forward would let an inner unit's hook make itself
+        # the root; initialise the real root first (what its first forward would do).
+        model._get_fsdp_state()._lazy_init()
+        # Inner units (per-layer wrapping) would otherwise reshard after their forward and all-gather
+        # again on the next chunk, a collective the other ranks (with other shares) never join.
+        for unit in units[1:]:
+            unit.set_reshard_after_forward(False, recurse=False)
+        for unit in units:
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+            for unit in units[1:]:
+                unit.set_reshard_after_forward(
+                    accelerator.state.fsdp_plugin.reshard_after_forward, recurse=False
+                )
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield
+    else:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield
+
+
+def _save_model(
+    accelerator: Accelerator, model: torch.nn.Module, template: GumbelReranker | None, output: Path
+) -> None:
+    """Write the trained reranker as a plain sentence-transformers directory (main process only)."""
+    if not _shards_weights(accelerator):
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(output)
+        return
+    # A collective: every process sends its shard, the main process receives the whole state dict.
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process and template is not None:
+        template.load_state_dict(state)
+        template.save_pretrained(output)
+    accelerator.wait_for_everyone()
 
 
 def _median(values: Sequence[float]) -> float:

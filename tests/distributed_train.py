@@ -50,7 +50,9 @@ def main() -> None:
     result = train(reranker, reader, examples, config, dev)
     rank = int(os.environ.get("RANK", "0"))
     weights = {k: v.detach().contiguous() for k, v in reranker.state_dict().items()}
-    save_file(weights, os.path.join(output, f"rank{rank}-steps{result.steps}.safetensors"))
+    # Under FSDP each rank holds only shards (DTensors); the saved model directory is what counts there.
+    if not any(hasattr(v, "to_local") for v in weights.values()):
+        save_file(weights, os.path.join(output, f"rank{rank}-steps{result.steps}.safetensors"))
     with open(os.path.join(output, f"rank{rank}-ranked.json"), "w", encoding="utf8") as f:
         json.dump(ranked, f)
 
