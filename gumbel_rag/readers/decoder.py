@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -470,32 +470,30 @@ class DecoderReader(Reader):
     def generate(
         self, questions: Sequence[str], documents: Sequence[Sequence[str]], max_new_tokens: int = 32
     ) -> list[str]:
-        """Greedy answers read exactly as in training (documents in parallel, all fully visible)."""
-        batch = self.prepare(questions, documents, ["x"] * len(questions))
-        q_ids = [self._encode(self.prompt.question.replace(_QUESTION_SENTINEL, q)) for q in questions]
-        batch = replace(batch, **self._qa_fields([(q[:-1], q[-1:]) for q in q_ids]))
-        zeros = torch.zeros(batch.candidate_mask.shape, device=self.device)
-        stops = {i for i in (self.tokenizer.eos_token_id, self._pad_id) if isinstance(i, int)}
-        generated: list[list[int]] = [[] for _ in questions]
-        done = [False] * len(questions)
-        for _ in range(max_new_tokens):
-            logits = self._qa_forward(batch, zeros, logits_to_keep=1).logits[:, -1]
-            next_ids = logits.argmax(-1)
-            for row, token in enumerate(next_ids.tolist()):
-                done[row] = done[row] or token in stops
-                if not done[row]:
-                    generated[row].append(token)
-            if all(done):
-                break
-            # Re-running the few question+answer tokens each step keeps one code path for loss and decoding.
-            batch = replace(
-                batch,
-                qa_ids=torch.cat([batch.qa_ids, next_ids[:, None]], dim=1),
-                qa_valid=F.pad(batch.qa_valid, (0, 1), value=True),
-                qa_position=torch.cat([batch.qa_position, batch.qa_position[:, -1:] + 1], dim=1),
-                target_mask=F.pad(batch.target_mask, (0, 1), value=True),
-            )
-        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        """Greedy answers from the documents concatenated in the given order, as a RAG pipeline reads them.
+
+        Same prompt pieces and per-document truncation as training, but one ordinary causal prompt: the
+        parallel layout is built for scoring answers under a mask, and a model generating from it (every
+        document at the same positions) drifts into writing another "Document:".
+        """
+        validate_inputs(questions, documents, [""] * len(questions))
+        rows = []
+        for question, docs in zip(questions, documents, strict=True):
+            q_text = self.prompt.question.replace(_QUESTION_SENTINEL, question)
+            doc_ids = [t for d in docs for t in self.document_ids(d)]
+            rows.append(self.prefix_ids + doc_ids + self._encode(q_text + self.prompt.answer_prefix.rstrip()))
+        ids = _pad_stack(rows, self._pad_id, left=True).to(self.device)
+        attention = _pad_stack([[1] * len(r) for r in rows], 0, left=True).to(self.device)
+        self.model.eval()
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self._pad_id,
+        )
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         return [t.strip().split("\n")[0].strip() for t in texts]
 
     def _qa_forward(self, batch: DecoderBatch, log_mask: torch.Tensor, **model_kwargs: Any) -> Any:
