@@ -21,6 +21,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from torch import nn
 
 from gumbel_rag.defaults import default_reranker_path
+from gumbel_rag.embedding_cache import EmbeddingCache
 from gumbel_rag.modelfiles import ModelKind, detect_kind, resolve_model_dir
 
 __all__ = ["GumbelReranker", "RankedDocument"]
@@ -29,6 +30,12 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "gumbel_rag.json"
 DEFAULT_TEMPERATURE = 0.05
+
+Backend = Literal["torch", "openvino"]
+"""Inference backends: ``"torch"`` (exact, trainable) or ``"openvino"`` (compiled, CPU, inference only)."""
+BACKENDS: tuple[str, ...] = ("torch", "openvino")
+# Inference batches close early once padding would exceed 10% of their real tokens (see _length_buckets).
+PADDING_SLACK = 0.1
 
 
 @dataclass(frozen=True)
@@ -68,11 +75,32 @@ def _flatten(
     return query_list, flat, query_of, counts
 
 
-def _length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Yield index batches of similar length, longest first, so padding is not paid for."""
+def _length_buckets(
+    lengths: Sequence[int], batch_size: int, padding_slack: float | None = None
+) -> Iterator[list[int]]:
+    """Yield index batches of similar length, longest first, so padding is not paid for.
+
+    With ``padding_slack`` a batch also closes early when adding the next input would make its padded
+    size exceed ``(1 + padding_slack)`` times its real size: on mixed-length inputs fixed-size batches
+    spend 15-25% of the compute on padding tokens.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    batch: list[int] = []
+    real = 0
+    for i in order:
+        if batch and (
+            len(batch) >= batch_size
+            or (
+                padding_slack is not None
+                and lengths[batch[0]] * (len(batch) + 1) > (1 + padding_slack) * (real + lengths[i])
+            )
+        ):
+            yield batch
+            batch, real = [], 0
+        batch.append(i)
+        real += lengths[i]
+    if batch:
+        yield batch
 
 
 class GumbelReranker(nn.Module):
@@ -84,8 +112,14 @@ class GumbelReranker(nn.Module):
         *,
         temperature: float = DEFAULT_TEMPERATURE,
         batch_size: int = 32,
+        cache_max_entries: int | None = None,
+        cache_max_bytes: int | None = None,
     ) -> None:
-        """Wrap a loaded sentence-transformers model; use :meth:`from_pretrained` to load one."""
+        """Wrap a loaded sentence-transformers model; use :meth:`from_pretrained` to load one.
+
+        ``cache_max_entries`` / ``cache_max_bytes`` (bi-encoders only) turn on an LRU cache of document
+        embeddings keyed by text, used by the inference methods, bounded by entries and/or bytes.
+        """
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -95,6 +129,17 @@ class GumbelReranker(nn.Module):
         self.kind: ModelKind = "cross-encoder" if isinstance(model, CrossEncoder) else "bi-encoder"
         self.temperature = float(temperature)
         self.batch_size = batch_size
+        self.backend: Backend = "torch"
+        # Set by gumbel_rag.fast_backends for backend != "torch": features -> features, no autograd.
+        self._fast_backbone: Any = None
+        self.embedding_cache: EmbeddingCache | None = None
+        if cache_max_entries is not None or cache_max_bytes is not None:
+            if self.kind != "bi-encoder":
+                raise ValueError(
+                    "an embedding cache needs a bi-encoder: a cross-encoder scores each (query, document) "
+                    "pair jointly, so there is no per-document embedding to reuse"
+                )
+            self.embedding_cache = EmbeddingCache(max_entries=cache_max_entries, max_bytes=cache_max_bytes)
 
     # ------------------------------------------------------------------ loading / saving
 
@@ -110,8 +155,18 @@ class GumbelReranker(nn.Module):
         temperature: float | None = None,
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
+        backend: Backend = "torch",
+        cache_max_entries: int | None = None,
+        cache_max_bytes: int | None = None,
     ) -> GumbelReranker:
-        """Load a bi-encoder or cross-encoder; ``None`` loads the offline default (all-MiniLM-L6-v2)."""
+        """Load a bi-encoder or cross-encoder; ``None`` loads the offline default (all-MiniLM-L6-v2).
+
+        ``backend="torch"`` is the exact path (also the only trainable one); see :data:`Backend` for the
+        opt-in fast inference backends. ``cache_max_entries`` / ``cache_max_bytes`` turn on the
+        bi-encoder's document-embedding cache (see :class:`~gumbel_rag.embedding_cache.EmbeddingCache`).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         path = default_reranker_path() if name_or_path is None else resolve_model_dir(name_or_path)
         detected, reason = detect_kind(path)
         if kind == "auto":
@@ -138,8 +193,19 @@ class GumbelReranker(nn.Module):
         if max_length is not None:
             model.max_seq_length = max_length
         temp = temperature if temperature is not None else saved.get("temperature", DEFAULT_TEMPERATURE)
+        reranker = cls(
+            model,
+            temperature=temp,
+            batch_size=batch_size,
+            cache_max_entries=cache_max_entries,
+            cache_max_bytes=cache_max_bytes,
+        )
+        if backend != "torch":
+            from gumbel_rag.fast_backends import accelerate_model
+
+            accelerate_model(reranker, backend)
         # Like transformers' from_pretrained: ready for inference; trainers call .train().
-        return cls(model, temperature=temp, batch_size=batch_size).eval()
+        return reranker.eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write a sentence-transformers directory (safetensors) that stock tools load too."""
@@ -171,10 +237,20 @@ class GumbelReranker(nn.Module):
         features = self.model.preprocess(inputs)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
+    def _run(self, features: dict[str, Any]) -> dict[str, Any]:
+        """The sentence-transformers forward, or the fast backend's when one is attached (inference only)."""
+        if self._fast_backbone is not None:
+            if torch.is_grad_enabled():
+                raise RuntimeError(
+                    f"backend={self.backend!r} is inference-only; load with backend='torch' to train"
+                )
+            return self._fast_backbone(features)
+        return self.model(features)
+
     def _embed(self, texts: list[str]) -> torch.Tensor:
         if not texts:
             return torch.empty(0, self._embedding_dim(), device=self.device)
-        out = self.model(self._features(texts))["sentence_embedding"]
+        out = self._run(self._features(texts))["sentence_embedding"]
         return nn.functional.normalize(out.float(), dim=-1)
 
     def _embedding_dim(self) -> int:
@@ -184,7 +260,7 @@ class GumbelReranker(nn.Module):
         return int(dim)
 
     def _cross_scores(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
-        logits = self.model(self._features(pairs))["scores"].float()
+        logits = self._run(self._features(pairs))["scores"].float()
         if logits.ndim == 1:
             return logits
         if logits.shape[-1] == 1:
@@ -197,11 +273,11 @@ class GumbelReranker(nn.Module):
             "can be used for ranking"
         )
 
-    def _bucketed(self, lengths: list[int], run: Any) -> torch.Tensor:
+    def _bucketed(self, lengths: list[int], run: Any, padding_slack: float | None = None) -> torch.Tensor:
         """Apply ``run(indices) -> Tensor`` to length buckets and restore input order."""
         order: list[int] = []
         chunks = []
-        for idx in _length_buckets(lengths, self.batch_size):
+        for idx in _length_buckets(lengths, self.batch_size, padding_slack):
             order.extend(idx)
             chunks.append(run(idx))
         inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
@@ -224,25 +300,80 @@ class GumbelReranker(nn.Module):
             [len(a) + len(b) for a, b in pairs], lambda idx: self._cross_scores([pairs[i] for i in idx])
         )
 
-    def _warn_if_truncated(self, queries: list[str], documents: list[str], query_of: list[int]) -> None:
-        limit = self.max_length
-        if limit is None or not documents:
-            return
+    def _token_lengths(self, inputs: list[Any]) -> list[int]:
+        """Tokens per input (special tokens included, before truncation): the true cost of each input."""
+        if not inputs:
+            return []
         tok = self.tokenizer
-        if self.kind == "bi-encoder":
-            lengths = [
-                len(ids) for ids in tok(documents, add_special_tokens=True, verbose=False)["input_ids"]
-            ]
+        if isinstance(inputs[0], tuple):
+            enc = tok([a for a, _ in inputs], [b for _, b in inputs], add_special_tokens=True, verbose=False)
         else:
-            enc = tok([queries[q] for q in query_of], documents, add_special_tokens=True, verbose=False)
-            lengths = [len(ids) for ids in enc["input_ids"]]
-        over = sum(n > limit for n in lengths)
+            enc = tok(inputs, add_special_tokens=True, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def _warn_truncated(self, lengths: list[int], total: int) -> None:
+        limit = self.max_length
+        over = 0 if limit is None else sum(n > limit for n in lengths)
         if over:
             warnings.warn(
-                f"{over} of {len(documents)} inputs exceed the model's limit of {limit} tokens and were "
-                "truncated",
-                stacklevel=3,
+                f"{over} of {total} inputs exceed the model's limit of {limit} tokens and were truncated",
+                stacklevel=4,
             )
+
+    def _cache_fingerprint(self) -> tuple[Any, ...]:
+        """Identifies the weights and settings embeddings depend on; any optimizer step changes it."""
+        # Tensor._version counts in-place writes (optimizer steps, load_state_dict's copy_), so this is
+        # cheap and catches training between calls; id/dtype/device catch replaced or moved parameters.
+        params = tuple((id(p), p._version, p.dtype, p.device) for p in self.model.parameters())
+        return (params, self.max_length, self.backend)
+
+    def _inference_scores(self, queries: list[str], documents: list[str], query_of: list[int]) -> list[float]:
+        """No-grad scores of (queries[query_of[p]], documents[p]): token-length buckets, cache, fast path."""
+        if not documents:
+            return []
+        limit = self.max_length
+        if self.kind == "cross-encoder":
+            pairs = [(queries[q], d) for q, d in zip(query_of, documents, strict=True)]
+            lengths = self._token_lengths(pairs)
+            self._warn_truncated(lengths, len(pairs))
+            if limit is not None:
+                lengths = [min(n, limit) for n in lengths]
+            scores = self._bucketed(
+                lengths, lambda idx: self._cross_scores([pairs[i] for i in idx]), PADDING_SLACK
+            )
+            return scores.float().cpu().tolist()
+        # Bi-encoder: one embedding per distinct text, whatever query it comes with.
+        unique: dict[str, int] = {}
+        doc_slot = [unique.setdefault(d, len(unique)) for d in documents]
+        texts = list(unique)
+        cache = self.embedding_cache
+        cached: list[torch.Tensor | None] = [None] * len(texts)
+        if cache is not None:
+            cache.check_fingerprint(self._cache_fingerprint())
+            cached = cache.get_many(texts)
+        missing = [i for i, e in enumerate(cached) if e is None]
+        # Queries ride in the same length-sorted batches as the documents: one forward call fewer.
+        to_embed = list(queries) + [texts[i] for i in missing]
+        lengths = self._token_lengths(to_embed)
+        # Documents served from the cache were warned about when they were first embedded.
+        self._warn_truncated(lengths[len(queries) :], len(documents))
+        if limit is not None:
+            lengths = [min(n, limit) for n in lengths]
+        emb = self._bucketed(
+            lengths, lambda idx: self._embed([to_embed[i] for i in idx]), PADDING_SLACK
+        ).cpu()
+        q_emb, new = emb[: len(queries)], emb[len(queries) :]
+        if cache is not None and missing:
+            cache.put_many([texts[i] for i in missing], list(new))
+        d_emb = torch.empty(len(texts), q_emb.shape[1], dtype=q_emb.dtype)
+        if missing:
+            d_emb[torch.tensor(missing)] = new
+        hits = [i for i, e in enumerate(cached) if e is not None]
+        if hits:
+            d_emb[torch.tensor(hits)] = torch.stack([cached[i] for i in hits]).to(d_emb.dtype)  # type: ignore[misc]
+        q_index = torch.tensor(query_of)
+        scores = (q_emb[q_index] * d_emb[torch.tensor(doc_slot)]).sum(-1) / self.temperature
+        return scores.tolist()
 
     # ------------------------------------------------------------------ differentiable path (training)
 
@@ -268,12 +399,11 @@ class GumbelReranker(nn.Module):
         pair_slot = [slot.setdefault((q, d), len(slot)) for q, d in zip(query_of, flat, strict=True)]
         unique_docs = [d for _, d in slot]
         unique_query_of = [q for q, _ in slot]
-        self._warn_if_truncated(queries, unique_docs, unique_query_of)
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                unique_values = self._score_flat(queries, unique_docs, unique_query_of).float().cpu().tolist()
+                unique_values = self._inference_scores(queries, unique_docs, unique_query_of)
         finally:
             self.train(was_training)
         values = [unique_values[i] for i in pair_slot]

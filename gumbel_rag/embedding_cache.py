@@ -1,0 +1,144 @@
+"""A bounded, thread-safe LRU cache of document embeddings keyed by text.
+
+RAG traffic repeats documents: the same passages come back from the retriever for many queries. A
+bi-encoder embeds each document independently of the query, so a document seen before needs no
+forward pass at all. The cache is bounded by entry count and/or by bytes, whichever the user sets.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+
+import torch
+
+__all__ = ["EmbeddingCache", "entry_bytes"]
+
+
+def entry_bytes(text: str, embedding: torch.Tensor) -> int:
+    """Bytes one entry is charged: the embedding's storage plus the key string object."""
+    # sys.getsizeof counts the str header and its (1, 2 or 4 byte) code units, i.e. what the key costs.
+    return embedding.numel() * embedding.element_size() + sys.getsizeof(text)
+
+
+class EmbeddingCache:
+    """LRU map text -> embedding (CPU float tensors) with an entry bound and/or a byte bound.
+
+    ``max_entries`` caps the number of documents, ``max_bytes`` caps :attr:`nbytes` (embedding storage
+    plus key strings, see :func:`entry_bytes`; the dict's own bookkeeping, about 100 bytes an entry,
+    is not counted). Least recently used entries are evicted first; a hit counts as a use. An entry
+    larger than ``max_bytes`` on its own is not stored. ``fingerprint`` identifies the model state the
+    embeddings came from: a different fingerprint empties the cache, so stale embeddings are never
+    served after the weights change.
+    """
+
+    def __init__(self, max_entries: int | None = None, max_bytes: int | None = None) -> None:
+        """Create an empty cache; at least one bound must be set, and bounds must be positive."""
+        if max_entries is None and max_bytes is None:
+            raise ValueError("set max_entries and/or max_bytes: an unbounded cache would grow forever")
+        if max_entries is not None and max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._nbytes = 0
+        self._fingerprint: Hashable = None
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        """Number of cached documents."""
+        return len(self._data)
+
+    def __contains__(self, text: object) -> bool:
+        """Whether ``text`` is cached (does not count as a use)."""
+        return text in self._data
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes charged for the entries now held (never above ``max_bytes``)."""
+        return self._nbytes
+
+    def keys(self) -> list[str]:
+        """Cached texts, least recently used first (the eviction order)."""
+        with self._lock:
+            return list(self._data)
+
+    def clear(self) -> None:
+        """Drop every entry (the hit and miss counters are kept)."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._data.clear()
+        self._sizes.clear()
+        self._nbytes = 0
+
+    def check_fingerprint(self, fingerprint: Hashable) -> None:
+        """Empty the cache if the embeddings were made by a different model state."""
+        with self._lock:
+            if fingerprint != self._fingerprint:
+                self._clear()
+                self._fingerprint = fingerprint
+
+    def get_many(self, texts: Sequence[str]) -> list[torch.Tensor | None]:
+        """The cached embedding of each text, or None; hits become most recently used."""
+        out: list[torch.Tensor | None] = []
+        with self._lock:
+            for text in texts:
+                emb = self._data.get(text)
+                if emb is None:
+                    self.misses += 1
+                else:
+                    self._data.move_to_end(text)
+                    self.hits += 1
+                out.append(emb)
+        return out
+
+    def get(self, text: str) -> torch.Tensor | None:
+        """The cached embedding of one text, or None."""
+        return self.get_many([text])[0]
+
+    def put_many(self, texts: Sequence[str], embeddings: Sequence[torch.Tensor]) -> None:
+        """Store embeddings (copied to compact CPU tensors), evicting least recently used entries."""
+        if len(texts) != len(embeddings):
+            raise ValueError(f"got {len(texts)} texts but {len(embeddings)} embeddings")
+        # clone(): a row of a batch output is a view that would keep the whole batch's storage alive.
+        rows = [e.detach().to("cpu", copy=True).contiguous() for e in embeddings]
+        with self._lock:
+            for text, emb in zip(texts, rows, strict=True):
+                size = entry_bytes(text, emb)
+                if self.max_bytes is not None and size > self.max_bytes:
+                    continue
+                if text in self._data:
+                    self._nbytes -= self._sizes.pop(text)
+                    del self._data[text]
+                self._data[text] = emb
+                self._sizes[text] = size
+                self._nbytes += size
+                self._evict()
+
+    def put(self, text: str, embedding: torch.Tensor) -> None:
+        """Store one embedding."""
+        self.put_many([text], [embedding])
+
+    def _evict(self) -> None:
+        while self._data and (
+            (self.max_entries is not None and len(self._data) > self.max_entries)
+            or (self.max_bytes is not None and self._nbytes > self.max_bytes)
+        ):
+            text, _ = self._data.popitem(last=False)
+            self._nbytes -= self._sizes.pop(text)
+
+    def __repr__(self) -> str:
+        """Bounds, fill and hit counts, for logs."""
+        return (
+            f"EmbeddingCache(entries={len(self)}/{self.max_entries}, bytes={self.nbytes}/{self.max_bytes}, "
+            f"hits={self.hits}, misses={self.misses})"
+        )
