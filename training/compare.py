@@ -8,7 +8,8 @@ G-Rerank's kappa/tau come from training/hotpotqa.py, which tunes them on a split
 the dev set is never used to choose anything.
 
 Every finished run is appended to ``OUTPUT/runs.jsonl`` and skipped when the command is run again, so an
-interrupted comparison resumes. At the end the table (mean and spread over seeds) is written between the
+interrupted comparison resumes; several processes may share one ``--output`` when each gets its own
+``--methods`` (on a 2-core CPU, two single-threaded processes beat one). At the end the table (mean and spread over seeds) is written between the
 markers of ``--report`` (docs/results.md), and a bar chart to ``--figure``.
 
     python training/compare.py --data-dir ../shared/data/hotpotqa --output runs/compare        # full
@@ -124,7 +125,6 @@ def run_all(args: argparse.Namespace) -> None:
 
     args.output.mkdir(parents=True, exist_ok=True)
     runs_file = args.output / "runs.jsonl"
-    done = load_done(runs_file)
     train_rows, _ = load_examples(args.data_dir / "train_distractor_100.json")
     if not args.no_retrieved:
         train_rows += load_examples(args.data_dir / "retrieved_500.json")[0]
@@ -139,7 +139,7 @@ def run_all(args: argparse.Namespace) -> None:
             fh.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
-    if "untrained" not in done:
+    if "untrained" not in load_done(runs_file):
         base = GumbelReranker.from_pretrained(args.reranker, device=args.device)
         record(
             {
@@ -155,7 +155,8 @@ def run_all(args: argparse.Namespace) -> None:
         rows, _ = filter_trainable(train_rows, args.k)
         for seed in seeds:
             name = f"{variant.name}-seed{seed}"
-            if name in done:
+            # Re-read: several processes may share one output (give each its own --methods).
+            if name in load_done(runs_file):
                 continue
             reranker = GumbelReranker.from_pretrained(args.reranker, device=args.device)
             config = TrainConfig(
