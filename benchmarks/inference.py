@@ -215,9 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     counts = [int(x) for x in (args.candidates or ("4,8" if args.quick else "10,50,100")).split(",")]
-    rounds = args.rounds or (2 if args.quick else 9)
-    agreement = args.agreement_questions or (5 if args.quick else 100)
-    cache_calls = args.cache_calls or (2 if args.quick else 9)
+    rounds = args.rounds or (1 if args.quick else 9)
+    agreement = args.agreement_questions or (3 if args.quick else 100)
+    cache_calls = args.cache_calls or (1 if args.quick else 9)
     warnings.filterwarnings("ignore", message=".*were truncated")
 
     from transformers import AutoTokenizer

@@ -65,7 +65,7 @@ class EmbeddingCache:
         """Bytes charged for the entries now held (never above ``max_bytes``)."""
         return self._nbytes
 
-    def keys(self) -> list[str]:
+    def texts(self) -> list[str]:
         """Cached texts, least recently used first (the eviction order)."""
         with self._lock:
             return list(self._data)

@@ -363,8 +363,10 @@ class GumbelReranker(nn.Module):
         # Queries ride in the same length-sorted batches as the documents: one forward call fewer.
         to_embed = list(queries) + [texts[i] for i in missing]
         lengths = self._token_lengths(to_embed)
-        # Documents served from the cache were warned about when they were first embedded.
-        self._warn_truncated(lengths[len(queries) :], len(documents))
+        # Counted per (query, document) pair as before; documents served from the cache were warned about
+        # when they were first embedded.
+        text_length = dict(zip((texts[i] for i in missing), lengths[len(queries) :], strict=True))
+        self._warn_truncated([text_length.get(d, 0) for d in documents], len(documents))
         if limit is not None:
             lengths = [min(n, limit) for n in lengths]
         emb = self._bucketed(
