@@ -34,11 +34,12 @@ DEFAULT_TEMPERATURE = 0.05
 Backend = Literal["torch", "openvino"]
 """Inference backends: ``"torch"`` (exact, trainable) or ``"openvino"`` (compiled, CPU, inference only)."""
 BACKENDS: tuple[str, ...] = ("torch", "openvino")
-# Overhead of one forward call in tokens of compute, for splitting inference inputs into batches (see
-# _length_buckets). Measured on 2 shared cores, a call costs far more than its Python overhead when other
-# jobs compete for the cores (every op waits for both threads to be scheduled): 128 lost to stock
-# sentence-transformers at 10 candidates (0.75x), 512 won (1.23x), one batch for all gave 1.14x.
-CALL_COST_TOKENS = 512
+# Cost of one forward call in tokens of compute, for splitting inference inputs into batches (see
+# _length_buckets). Set far above any padding saving, so inference makes the fewest calls (as many as
+# fixed batches of batch_size) and, among those splits, pads least. Calls cost far more than their Python
+# overhead when other jobs share the cores (every op waits for its threads to be scheduled): on 2 loaded
+# cores a 128-token cost (more, smaller batches) ran at 0.75x stock sentence-transformers.
+CALL_COST_TOKENS = 1_000_000
 
 
 @dataclass(frozen=True)
