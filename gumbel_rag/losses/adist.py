@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from gumbel_rag.losses.base import RerankLoss
-from gumbel_rag.losses.distillation import document_log_probs, kl_to_teacher
-from gumbel_rag.readers.base import Reader, ReaderBatch
+from gumbel_rag.losses.distillation import TeacherDistillationLoss
+from gumbel_rag.readers.base import ReaderBatch
 
 __all__ = ["ADistLoss"]
 
 
-class ADistLoss(RerankLoss):
+class ADistLoss(TeacherDistillationLoss):
     """Attention distillation (Izacard & Grave, ICLR 2021, arXiv 2012.04584; Atlas, arXiv 2208.03299).
 
     Inputs: reranker scores ``w`` (B, N) with grad, the (B, N) bool candidate mask, the reader's batch.
@@ -23,28 +22,6 @@ class ADistLoss(RerankLoss):
         L = KL( softmax(log g / T') || softmax(w / T) ).
     """
 
-    def __init__(self, reader: Reader, temperature: float = 1.0, teacher_temperature: float = 1.0) -> None:
-        """Keep the frozen reader (not a submodule), the student temperature T and the teacher's T'."""
-        super().__init__()
-        if teacher_temperature <= 0:
-            raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature}")
-        self.__dict__["reader"] = reader
-        self.temperature, self.teacher_temperature = temperature, teacher_temperature
-
-    def forward(
-        self,
-        scores: torch.Tensor,
-        candidate_mask: torch.Tensor,
-        reader_batch: ReaderBatch,
-        generator: torch.Generator | None = None,
-        gold: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Mean KL from the attention teacher to the reranker's distribution over the batch."""
-        mass = self.reader.document_attention(reader_batch).float().to(scores.device)
-        teacher = mass.clamp(min=1e-12).log() / self.teacher_temperature
-        student = document_log_probs(scores, candidate_mask, self.temperature)
-        return kl_to_teacher(student, teacher, candidate_mask)
-
-    def extra_repr(self) -> str:
-        """Show the temperatures in ``print(loss)``."""
-        return f"temperature={self.temperature}, teacher_temperature={self.teacher_temperature}"
+    def teacher_scores(self, candidate_mask: torch.Tensor, reader_batch: ReaderBatch) -> torch.Tensor:
+        """log g_i: the log of the attention mass on document i."""
+        return self.reader.document_attention(reader_batch).float().clamp(min=1e-12).log()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from gumbel_rag.losses.base import RerankLoss
 from gumbel_rag.readers.base import Reader, ReaderBatch
 
 __all__ = [
+    "TeacherDistillationLoss",
     "document_log_probs",
     "kl_to_teacher",
     "leave_one_out_log_masks",
@@ -66,3 +68,41 @@ def teacher_answer_losses(reader: Reader, batch: ReaderBatch, log_masks: list[to
         return torch.zeros(batch.candidate_mask.shape, device=batch.candidate_mask.device)
     losses = [reader.answer_loss(batch, m.to(reader.device)) for m in log_masks]
     return torch.stack(losses, dim=1).float().to(batch.candidate_mask.device)
+
+
+class TeacherDistillationLoss(RerankLoss):
+    """KL( softmax(g / T') || softmax(w / T) ) from a per-document teacher score g to the reranker.
+
+    Subclasses define the teacher (``teacher_scores``: (B, N), higher = more useful, computed without
+    grad); PDist, LOOP and ADist differ only there.
+    """
+
+    def __init__(self, reader: Reader, temperature: float = 1.0, teacher_temperature: float = 1.0) -> None:
+        """Keep the frozen reader (not a submodule), the student temperature T and the teacher's T'."""
+        super().__init__()
+        if teacher_temperature <= 0:
+            raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature}")
+        self.__dict__["reader"] = reader
+        self.temperature, self.teacher_temperature = temperature, teacher_temperature
+
+    def teacher_scores(self, candidate_mask: torch.Tensor, reader_batch: ReaderBatch) -> torch.Tensor:
+        """(B, N) teacher score g of every candidate."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        scores: torch.Tensor,
+        candidate_mask: torch.Tensor,
+        reader_batch: ReaderBatch,
+        generator: torch.Generator | None = None,
+        gold: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean KL from the teacher distribution to the reranker's distribution over the batch."""
+        with torch.no_grad():
+            teacher = self.teacher_scores(candidate_mask, reader_batch).float().to(scores.device)
+        student = document_log_probs(scores, candidate_mask, self.temperature)
+        return kl_to_teacher(student, teacher / self.teacher_temperature, candidate_mask)
+
+    def extra_repr(self) -> str:
+        """Show the temperatures in ``print(loss)``."""
+        return f"temperature={self.temperature}, teacher_temperature={self.teacher_temperature}"
