@@ -81,21 +81,19 @@ def _finish(
 ) -> list[QAExample]:
     from gumbel_rag.data import mine_candidates, write_qalog
 
-    # The retrieved documents are the corpus; the retriever callable hands mine_candidates their indices.
-    corpus: list[Candidate] = []
-    hits: dict[str, list[int]] = {}
-    for question, docs in zip(questions, results, strict=True):
-        start = len(corpus)
-        corpus.extend(documents_to_candidates(list(docs)[:top_n]))
-        hits[question] = list(range(start, len(corpus)))
-    if questions and not corpus:
+    retrieved = {
+        question: documents_to_candidates(list(docs)[:top_n])
+        for question, docs in zip(questions, results, strict=True)
+    }
+    if questions and not any(retrieved.values()):
         raise ValueError(f"the retriever returned no documents for any of the {len(questions)} questions")
     mined = examples
     if questions:
+        # No corpus: the retriever hands mine_candidates the retrieved Candidates themselves.
         mined = mine_candidates(
             examples,
-            corpus,
-            retriever=lambda question, n: hits[question][:n],
+            None,
+            retriever=lambda question, n: retrieved[question][:n],
             top_n=top_n,
             gold_from_answer=gold_from_answer,
         )

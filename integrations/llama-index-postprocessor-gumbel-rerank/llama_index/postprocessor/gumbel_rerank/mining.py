@@ -17,10 +17,6 @@ from gumbel_rag.data import Candidate, QAExample, load_examples, mine_candidates
 
 __all__ = ["amine_qa_log", "candidate_retriever", "mine_qa_log", "node_to_candidate"]
 
-# mine_candidates resolves integer hits against a corpus and insists it is non-empty; our retrievers
-# return Candidates, never indices, so the index's documents are never needed and this is never read.
-_UNUSED_CORPUS = [Candidate(text="")]
-
 PathLike = str | os.PathLike[str]
 
 
@@ -97,7 +93,7 @@ def mine_qa_log(
     examples = _prepare(qa_log_path, retriever, top_n, format)
     mined = mine_candidates(
         examples,
-        _UNUSED_CORPUS,
+        None,
         retriever=candidate_retriever(retriever, metadata_mode=metadata_mode),
         top_n=top_n,
         gold_from_answer=gold_from_answer,
@@ -133,8 +129,6 @@ async def amine_qa_log(
     def lookup(question: str, n: int) -> list[Candidate]:
         return [node_to_candidate(hit, metadata_mode) for hit in hits[question][:n]]
 
-    mined = mine_candidates(
-        examples, _UNUSED_CORPUS, retriever=lookup, top_n=top_n, gold_from_answer=gold_from_answer
-    )
+    mined = mine_candidates(examples, None, retriever=lookup, top_n=top_n, gold_from_answer=gold_from_answer)
     await asyncio.to_thread(write_qalog, mined, output_path)
     return mined

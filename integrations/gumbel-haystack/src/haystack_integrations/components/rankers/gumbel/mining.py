@@ -206,25 +206,20 @@ def mine_qa_log(
     examples = _load(qa_log_path, format, skip_invalid)
     # Only examples without candidates are mined; a question asked twice is retrieved once.
     questions = list(dict.fromkeys(ex.question for ex in examples if not ex.candidates))
-    # The retrieved candidates form the corpus that gumbel-rag's miner indexes into, so the miner
-    # (not this package) decides which examples get candidates and which of them are gold.
-    corpus: list[Candidate] = []
-    hits: dict[str, list[int]] = {}
-    for question in questions:
-        start = len(corpus)
-        corpus.extend(retrieve(question, top_n))
-        hits[question] = list(range(start, len(corpus)))
-    if questions and not corpus:
+    retrieved = {question: retrieve(question, top_n) for question in questions}
+    if questions and not any(retrieved.values()):
         raise ValueError(
             f"the retriever returned no documents for any of the {len(questions)} questions "
             "(is the document store empty?)"
         )
     mined = examples
     if questions:
+        # No corpus: gumbel-rag's miner takes the retrieved Candidates as they are and decides which
+        # examples get them and which are gold (not this package).
         mined = mine_candidates(
             examples,
-            corpus,
-            retriever=lambda question, n: hits[question][:n],
+            None,
+            retriever=lambda question, n: retrieved[question][:n],
             top_n=top_n,
             gold_from_answer=gold_from_answer,
         )
