@@ -9,8 +9,9 @@ the dev set is never used to choose anything.
 
 Every finished run is appended to ``OUTPUT/runs.jsonl`` and skipped when the command is run again, so an
 interrupted comparison resumes; several processes may share one ``--output`` when each gets its own
-``--methods`` (on a 2-core CPU, two single-threaded processes beat one). At the end the table (mean and spread over seeds) is written between the
-markers of ``--report`` (docs/results.md), and a bar chart to ``--figure``.
+``--methods`` (on a 2-core CPU, two single-threaded processes beat one). At the end the table (mean and
+spread over seeds) is written between the markers of ``--report`` (docs/results.md), and a bar chart to
+``--figure``.
 
     python training/compare.py --data-dir ../shared/data/hotpotqa --output runs/compare        # full
     python training/compare.py --report-only --output runs/compare                              # tables
