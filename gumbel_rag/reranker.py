@@ -8,8 +8,10 @@ same ``_score_flat`` code: inference wraps it in ``torch.inference_mode``, train
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from torch import nn
 from gumbel_rag.defaults import default_reranker_path
 from gumbel_rag.embedding_cache import EmbeddingCache
 from gumbel_rag.modelfiles import ModelKind, detect_kind, resolve_model_dir
+
+_COPY_LOCK = threading.Lock()
 
 __all__ = ["GumbelReranker", "RankedDocument"]
 
@@ -313,12 +317,24 @@ class GumbelReranker(nn.Module):
         """Tokens per input (special tokens included, before truncation): the true cost of each input."""
         if not inputs:
             return []
-        tok = self.tokenizer
+        tok = self._counting_tokenizer()
         if isinstance(inputs[0], tuple):
             enc = tok([a for a, _ in inputs], [b for _, b in inputs], add_special_tokens=True, verbose=False)
         else:
             enc = tok(inputs, add_special_tokens=True, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
+
+    def _counting_tokenizer(self) -> Any:
+        """A private copy of the tokenizer for counting tokens, made once.
+
+        A fast tokenizer keeps its padding/truncation settings in one shared Rust object that every call
+        resets; an unpadded count on the model's own tokenizer could strip the padding from a batch that
+        another thread is tokenizing at that moment.
+        """
+        with _COPY_LOCK:
+            if self.__dict__.get("_count_tok") is None:
+                self.__dict__["_count_tok"] = copy.deepcopy(self.tokenizer)
+            return self.__dict__["_count_tok"]
 
     def _warn_truncated(self, lengths: list[int], total: int) -> None:
         limit = self.max_length
