@@ -376,16 +376,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from gumbel_rag import GumbelReranker
-    from gumbel_rag.evaluation import evaluate_reranker
+    from gumbel_rag.evaluation import evaluate_answers, evaluate_reranker, rank_examples
 
     examples, summary = _load([args.data], args.format, args.skip_invalid)
     reranker = GumbelReranker.from_pretrained(
         args.reranker, device=args.device, trust_remote_code=args.trust_remote_code
     )
-    metrics = evaluate_reranker(reranker, examples, ks=args.k, progress=not args.json)
+    # One ranking pass serves both the ranking metrics and the reader's top-k.
+    rankings = rank_examples(reranker, examples, progress=not args.json)
+    metrics = evaluate_reranker(reranker, examples, ks=args.k, rankings=rankings)
     if args.answers:
-        from gumbel_rag.evaluation import evaluate_answers
-
         metrics.update(
             evaluate_answers(
                 reranker,
@@ -394,6 +394,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 k=args.answer_k,
                 max_new_tokens=args.max_new_tokens,
                 progress=not args.json,
+                rankings=rankings,
             )
         )
     if args.json:

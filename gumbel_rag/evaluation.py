@@ -82,12 +82,31 @@ def rank_examples(
     return rankings
 
 
+def _check_rankings(rankings: Sequence[Sequence[int]] | None, examples: Sequence[QAExample]) -> None:
+    """Reject precomputed rankings that do not line up with the examples."""
+    if rankings is None:
+        return
+    if len(rankings) != len(examples):
+        raise ValueError(f"rankings has {len(rankings)} entries for {len(examples)} examples")
+    for row, (ranking, ex) in enumerate(zip(rankings, examples, strict=True)):
+        if sorted(ranking) != list(range(len(ex.candidates))):
+            raise ValueError(
+                f"rankings[{row}] is not a permutation of the {len(ex.candidates)} candidates of that example"
+            )
+
+
 def _example_rows(
-    reranker: GumbelReranker, examples: Sequence[QAExample], ks: Sequence[int], progress: bool
+    reranker: GumbelReranker,
+    examples: Sequence[QAExample],
+    ks: Sequence[int],
+    progress: bool,
+    rankings: Sequence[Sequence[int]] | None = None,
 ) -> list[tuple[dict[str, float], dict[str, float] | None]]:
     """Per labelled example: its ranking metrics, and its indirect recalls (None without indirect gold)."""
+    if rankings is None:
+        rankings = rank_examples(reranker, examples, progress=progress)
     rows: list[tuple[dict[str, float], dict[str, float] | None]] = []
-    for ranking, ex in zip(rank_examples(reranker, examples, progress=progress), examples, strict=True):
+    for ranking, ex in zip(rankings, examples, strict=True):
         indirect = indirect_gold(ex)
         rows.append(
             (
@@ -105,6 +124,7 @@ def evaluate_reranker(
     *,
     progress: bool = False,
     accelerator: Any | None = None,
+    rankings: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, float]:
     """Mean ranking metrics over the examples that have gold labels (others are not counted).
 
@@ -112,11 +132,16 @@ def evaluate_reranker(
     indirectly relevant gold document) and the counts ``n`` and ``n_indirect``. With an
     ``accelerate.Accelerator`` of several processes, each ranks its share of the examples and the
     per-example rows are gathered, so every process returns the single-process result.
+    ``rankings`` (one per example, from :func:`rank_examples`) skips the ranking pass.
     """
+    _check_rankings(rankings, examples)
     labelled = [ex for ex in examples if ex.gold]
     if not labelled:
         return {"n": 0}
-    if accelerator is not None and accelerator.num_processes > 1:
+    if rankings is not None:
+        given = [r for r, ex in zip(rankings, examples, strict=True) if ex.gold]
+        rows = _example_rows(reranker, labelled, ks, progress, given)
+    elif accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         with accelerator.split_between_processes(labelled) as share:
@@ -140,16 +165,22 @@ def evaluate_answers(
     max_new_tokens: int = 24,
     batch_size: int = 8,
     progress: bool = False,
+    rankings: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, float]:
     """Answer EM and F1 of ``reader`` generating from each example's top-``k`` reranked candidates.
 
     Every example with an answer counts (gold labels are not needed). The documents keep their reranked
-    order. Returns ``answer_em@k``, ``answer_f1@k`` and ``n_answers``.
+    order. Returns ``answer_em@k``, ``answer_f1@k`` and ``n_answers``. ``rankings`` (one per example,
+    from :func:`rank_examples`) skips the ranking pass.
     """
+    _check_rankings(rankings, examples)
     usable = [ex for ex in examples if ex.answers]
     if not usable:
         return {"n_answers": 0}
-    rankings = rank_examples(reranker, usable, progress=progress)
+    if rankings is None:
+        rankings = rank_examples(reranker, usable, progress=progress)
+    else:
+        rankings = [r for r, ex in zip(rankings, examples, strict=True) if ex.answers]
     em, f1 = [], []
     for start in tqdm(range(0, len(usable), batch_size), desc="answering", disable=not progress):
         part = usable[start : start + batch_size]

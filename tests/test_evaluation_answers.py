@@ -8,7 +8,13 @@ import pytest
 
 from gumbel_rag import GumbelReranker
 from gumbel_rag.data import generate_multihop
-from gumbel_rag.evaluation import answer_exact_match, answer_f1, evaluate_answers, rank_examples
+from gumbel_rag.evaluation import (
+    answer_exact_match,
+    answer_f1,
+    evaluate_answers,
+    evaluate_reranker,
+    rank_examples,
+)
 from gumbel_rag.readers import load_reader
 
 
@@ -59,3 +65,33 @@ def test_evaluate_answers_reads_the_rerankers_top_k(tiny_bi_encoder_dir, reader)
     )
     f1 = sum(answer_f1(p, ex.answers) for p, ex in zip(predictions, examples, strict=True)) / 5
     assert metrics["answer_f1@2"] == pytest.approx(f1)
+
+
+def test_precomputed_rankings_are_used_as_given(tiny_bi_encoder_dir, reader) -> None:
+    examples = generate_multihop(6, seed=4, n_candidates=4)
+    reranker = GumbelReranker.from_pretrained(tiny_bi_encoder_dir)
+    rankings = rank_examples(reranker, examples)
+    assert evaluate_reranker(reranker, examples, rankings=rankings) == evaluate_reranker(reranker, examples)
+
+    # Reversed rankings must change what is measured: the metrics follow the rankings passed in.
+    reversed_ = [list(reversed(r)) for r in rankings]
+    assert evaluate_reranker(reranker, examples, rankings=reversed_)["mrr"] != pytest.approx(
+        evaluate_reranker(reranker, examples)["mrr"]
+    )
+    metrics = evaluate_answers(reranker, reader, examples, k=1, max_new_tokens=4, rankings=reversed_)
+    predictions = reader.generate(
+        [ex.question for ex in examples],
+        [[ex.candidates[r[0]].content] for ex, r in zip(examples, reversed_, strict=True)],
+        max_new_tokens=4,
+    )
+    f1 = sum(answer_f1(p, ex.answers) for p, ex in zip(predictions, examples, strict=True)) / len(examples)
+    assert metrics["answer_f1@1"] == pytest.approx(f1)
+
+
+def test_precomputed_rankings_that_do_not_fit_are_refused(tiny_bi_encoder_dir, reader) -> None:
+    examples = generate_multihop(3, seed=5, n_candidates=4)
+    reranker = GumbelReranker.from_pretrained(tiny_bi_encoder_dir)
+    with pytest.raises(ValueError, match="2 entries for 3 examples"):
+        evaluate_reranker(reranker, examples, rankings=[[0, 1, 2, 3]] * 2)
+    with pytest.raises(ValueError, match=r"rankings\[1\] is not a permutation of the 4 candidates"):
+        evaluate_answers(reranker, reader, examples, rankings=[[0, 1, 2, 3], [0, 0, 1, 2], [3, 2, 1, 0]])

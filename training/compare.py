@@ -109,11 +109,16 @@ def load_done(path: Path) -> dict[str, dict[str, Any]]:
 
 def evaluate(reranker: Any, reader: Any, dev: list, answer_set: list, args: argparse.Namespace) -> dict:
     """Ranking metrics on dev, and answer EM/F1 on answer_set unless --no-answers."""
-    from gumbel_rag.evaluation import evaluate_answers, evaluate_reranker
+    from gumbel_rag.evaluation import evaluate_answers, evaluate_reranker, rank_examples
 
-    metrics = evaluate_reranker(reranker.eval(), dev, ks=(2, 5))
+    rankings = rank_examples(reranker.eval(), dev)
+    metrics = evaluate_reranker(reranker, dev, ks=(2, 5), rankings=rankings)
     if not args.no_answers and reader is not None:
-        metrics.update(evaluate_answers(reranker, reader, answer_set, k=args.answer_k, progress=True))
+        # answer_set is a prefix of dev (--answer-limit), so its rankings are the first ones.
+        given = rankings[: len(answer_set)]
+        metrics.update(
+            evaluate_answers(reranker, reader, answer_set, k=args.answer_k, progress=True, rankings=given)
+        )
     return metrics
 
 
