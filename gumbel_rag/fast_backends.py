@@ -4,13 +4,16 @@
 module: BERT & co. for bi-encoders, the sequence-classification model for cross-encoders) to an
 OpenVINO graph compiled for the CPU in float32. Tokenization, pooling, normalisation and scoring stay
 the same Python code as the exact path, so scores match it to about 1e-6; the speed comes from
-OpenVINO's fused attention and its CPU kernels. It needs the ``fast`` extra:
+OpenVINO's CPU kernels and from running small, nearly unpadded length buckets on concurrent
+single-threaded streams (an ``AsyncInferQueue`` per calling thread). It needs the ``fast`` extra:
 ``pip install 'gumbel-rag[fast]'``.
 
 Why not sentence-transformers' own ``backend="openvino"``/``"onnx"``: they go through ``optimum``,
 whose current releases pin transformers < 4.58, which this project is past. Why not int8 dynamic
 quantization: on all-MiniLM-L6-v2 it moves cosine scores by up to 0.1, and its top-5 over HotpotQA's
-10 paragraphs agreed with the exact path on only 0.90-0.95 of the documents (docs/performance.md).
+10 paragraphs agreed with the exact path on only 0.90-0.95 of the documents; NNCF's int8 weights
+(0.99 agreement) and int8 post-training quantization (0.96) both ran slower than float32 on an AVX2
+CPU without VNNI (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ def _sample_inputs(model: Any, kind: str) -> list[Any]:
 class OpenVINOBackbone:
     """Runs the first sentence-transformers module in OpenVINO, then the remaining modules in torch."""
 
+    # A request costs OpenVINO well under a millisecond, so buckets are split wherever that saves a
+    # little padding (see gumbel_rag.reranker._length_buckets); measured in docs/performance.md.
+    call_cost_tokens = 16
+    max_batch_size = 4
+
     def __init__(self, model: Any, kind: str) -> None:
         """Convert and compile ``model[0]``'s Hugging Face model (a few seconds; once per load)."""
         try:
@@ -86,28 +94,49 @@ class OpenVINOBackbone:
                 input=[(n, [-1, -1], ov.Type.i64) for n in names],
             )
         # f32 keeps the scores equal to the exact path's; CPUs with bf16/AMX would otherwise downcast.
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        # THROUGHPUT: several single-threaded streams, each running one length bucket; on small
+        # batches that beats one stream whose threads split every matrix product (docs/performance.md).
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        self.jobs = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.names = names
         self.output_key = first.module_output_name
         self.rest = list(model)[1:]
         self._local = threading.local()
 
-    def _request(self) -> Any:
-        # An infer request is not thread-safe; one per thread lets a shared reranker serve threads.
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return request
+    def _queue(self) -> Any:
+        # Infer requests are not thread-safe; a queue per thread lets a shared reranker serve threads.
+        queue = getattr(self._local, "queue", None)
+        if queue is None:
+            import openvino as ov
+
+            queue = self._local.queue = ov.AsyncInferQueue(self.compiled, self.jobs)
+        return queue
+
+    def run_many(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run the backbone on every batch (concurrently), then the later torch modules on each."""
+        outputs: list[Any] = [None] * len(batches)
+
+        def done(request: Any, slot: int) -> None:
+            outputs[slot] = request.get_output_tensor(0).data.copy()
+
+        queue = self._queue()
+        queue.set_callback(done)
+        for slot, features in enumerate(batches):
+            inputs = {n: features[n].detach().cpu().to(torch.int64).numpy() for n in self.names}
+            queue.start_async(inputs, slot)
+        queue.wait_all()
+        results = []
+        for features, output in zip(batches, outputs, strict=True):
+            features[self.output_key] = torch.from_numpy(output)
+            for module in self.rest:
+                features = module(features)
+            results.append(features)
+        return results
 
     def __call__(self, features: dict[str, Any]) -> dict[str, Any]:
         """Fill ``features[module_output_name]`` like the torch module would, then run the later modules."""
-        inputs = {n: features[n].detach().cpu().to(torch.int64).numpy() for n in self.names}
-        result = self._request().infer(inputs)
-        features[self.output_key] = torch.from_numpy(result[0].copy())
-        for module in self.rest:
-            features = module(features)
-        return features
+        return self.run_many([features])[0]
 
 
 def accelerate_model(reranker: GumbelReranker, backend: str) -> None:

@@ -38,12 +38,13 @@ DEFAULT_TEMPERATURE = 0.05
 Backend = Literal["torch", "openvino"]
 """Inference backends: ``"torch"`` (exact, trainable) or ``"openvino"`` (compiled, CPU, inference only)."""
 BACKENDS: tuple[str, ...] = ("torch", "openvino")
-# Cost of one forward call in tokens of compute, for splitting inference inputs into batches (see
-# _length_buckets). Set far above any padding saving, so inference makes the fewest calls (as many as
-# fixed batches of batch_size) and, among those splits, pads least. Calls cost far more than their Python
-# overhead when other jobs share the cores (every op waits for its threads to be scheduled): on 2 loaded
-# cores a 128-token cost (more, smaller batches) ran at 0.75x stock sentence-transformers.
-CALL_COST_TOKENS = 1_000_000
+# Cost of one more forward call, in tokens of compute, for splitting inference inputs into batches (see
+# _length_buckets). Measured on 2 idle cores (all-MiniLM-L6-v2, 10-100 candidates of 20-400 tokens): a
+# cost of 32-128 ran at 1.09-1.17x stock sentence-transformers, the fewest calls (a cost of 1e6, which
+# also pads the query to the longest document) at 0.92-1.03x; docs/performance.md has the table. On
+# heavily loaded cores calls cost more (each op waits for its threads); 128 is the largest cost that
+# kept the idle-machine gain.
+CALL_COST_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -250,21 +251,28 @@ class GumbelReranker(nn.Module):
         features = self.model.preprocess(inputs)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
-    def _run(self, features: dict[str, Any]) -> dict[str, Any]:
-        """The sentence-transformers forward, or the fast backend's when one is attached (inference only)."""
+    def _run_many(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The sentence-transformers forward of each batch, or the fast backend's (inference only).
+
+        The fast backend gets all batches at once so that it can run them concurrently.
+        """
         if self._fast_backbone is not None:
             if torch.is_grad_enabled():
                 raise RuntimeError(
                     f"backend={self.backend!r} is inference-only; load with backend='torch' to train"
                 )
-            return self._fast_backbone(features)
-        return self.model(features)
+            return self._fast_backbone.run_many(batches)
+        return [self.model(features) for features in batches]
+
+    def _embed_many(self, batches: list[list[str]]) -> list[torch.Tensor]:
+        """Unit-normalised embeddings of each batch of texts."""
+        outs = self._run_many([self._features(texts) for texts in batches])
+        return [nn.functional.normalize(out["sentence_embedding"].float(), dim=-1) for out in outs]
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         if not texts:
             return torch.empty(0, self._embedding_dim(), device=self.device)
-        out = self._run(self._features(texts))["sentence_embedding"]
-        return nn.functional.normalize(out.float(), dim=-1)
+        return self._embed_many([texts])[0]
 
     def _embedding_dim(self) -> int:
         dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else None
@@ -272,8 +280,13 @@ class GumbelReranker(nn.Module):
             dim = self.model.get_sentence_embedding_dimension()
         return int(dim)
 
-    def _cross_scores(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
-        logits = self._run(self._features(pairs))["scores"].float()
+    def _cross_scores_many(self, batches: list[list[tuple[str, str]]]) -> list[torch.Tensor]:
+        """One relevance logit per pair, for each batch of pairs."""
+        outs = self._run_many([self._features(pairs) for pairs in batches])
+        return [self._logit(out["scores"].float()) for out in outs]
+
+    @staticmethod
+    def _logit(logits: torch.Tensor) -> torch.Tensor:
         if logits.ndim == 1:
             return logits
         if logits.shape[-1] == 1:
@@ -286,16 +299,24 @@ class GumbelReranker(nn.Module):
             "can be used for ranking"
         )
 
-    def _bucketed(self, lengths: list[int], run: Any, call_cost: float | None = None) -> torch.Tensor:
-        """Apply ``run(indices) -> Tensor`` to length buckets and restore input order."""
-        order: list[int] = []
-        chunks = []
-        for idx in _length_buckets(lengths, self.batch_size, call_cost):
-            order.extend(idx)
-            chunks.append(run(idx))
+    def _bucketed(self, lengths: list[int], run_many: Any, call_cost: float | None = None) -> torch.Tensor:
+        """Apply ``run_many(index batches) -> [Tensor per batch]`` to length buckets; restore input order."""
+        batch_size = self.batch_size
+        if self._fast_backbone is not None:
+            # Small batches, longest first, keep every concurrent stream busy until the end.
+            batch_size = min(batch_size, self._fast_backbone.max_batch_size)
+        buckets = list(_length_buckets(lengths, batch_size, call_cost))
+        chunks = run_many(buckets)
+        order = [i for idx in buckets for i in idx]
         inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
         inverse[torch.tensor(order, device=self.device)] = torch.arange(len(order), device=self.device)
-        return torch.cat(chunks)[inverse]
+        return torch.cat([c.to(self.device) for c in chunks])[inverse]
+
+    def _call_cost(self) -> float:
+        """Tokens of compute one more forward call is worth (see _length_buckets)."""
+        if self._fast_backbone is not None:
+            return float(self._fast_backbone.call_cost_tokens)
+        return CALL_COST_TOKENS
 
     def _score_flat(self, queries: list[str], documents: list[str], query_of: list[int]) -> torch.Tensor:
         """Score pair p = (queries[query_of[p]], documents[p]), batched by length; keeps grad."""
@@ -304,13 +325,15 @@ class GumbelReranker(nn.Module):
         if self.kind == "bi-encoder":
             q_emb = self._embed(queries)
             d_emb = self._bucketed(
-                [len(d) for d in documents], lambda idx: self._embed([documents[i] for i in idx])
+                [len(d) for d in documents],
+                lambda buckets: self._embed_many([[documents[i] for i in idx] for idx in buckets]),
             )
             q_index = torch.tensor(query_of, device=self.device)
             return (q_emb[q_index] * d_emb).sum(-1) / self.temperature
         pairs = [(queries[query_of[p]], documents[p]) for p in range(len(documents))]
         return self._bucketed(
-            [len(a) + len(b) for a, b in pairs], lambda idx: self._cross_scores([pairs[i] for i in idx])
+            [len(a) + len(b) for a, b in pairs],
+            lambda buckets: self._cross_scores_many([[pairs[i] for i in idx] for idx in buckets]),
         )
 
     def _token_lengths(self, inputs: list[Any]) -> list[int]:
@@ -364,7 +387,9 @@ class GumbelReranker(nn.Module):
             if limit is not None:
                 lengths = [min(n, limit) for n in lengths]
             scores = self._bucketed(
-                lengths, lambda idx: self._cross_scores([pairs[i] for i in idx]), CALL_COST_TOKENS
+                lengths,
+                lambda buckets: self._cross_scores_many([[pairs[i] for i in idx] for idx in buckets]),
+                self._call_cost(),
             )
             return scores.float().cpu().tolist()
         # Bi-encoder: one embedding per distinct text, whatever query it comes with.
@@ -387,7 +412,9 @@ class GumbelReranker(nn.Module):
         if limit is not None:
             lengths = [min(n, limit) for n in lengths]
         emb = self._bucketed(
-            lengths, lambda idx: self._embed([to_embed[i] for i in idx]), CALL_COST_TOKENS
+            lengths,
+            lambda buckets: self._embed_many([[to_embed[i] for i in idx] for idx in buckets]),
+            self._call_cost(),
         ).cpu()
         q_emb, new = emb[: len(queries)], emb[len(queries) :]
         if cache is not None and missing:
@@ -475,7 +502,10 @@ class GumbelReranker(nn.Module):
         try:
             if not texts:
                 return torch.empty(0, self._embedding_dim())
-            out = self._bucketed([len(t) for t in texts], lambda idx: self._embed([texts[i] for i in idx]))
+            out = self._bucketed(
+                [len(t) for t in texts],
+                lambda buckets: self._embed_many([[texts[i] for i in idx] for idx in buckets]),
+            )
         finally:
             self.train(was_training)
         return out.cpu()

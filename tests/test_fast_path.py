@@ -107,3 +107,22 @@ def test_openvino_is_inference_only_and_works_with_the_cache(openvino, tiny_bi_e
     assert fast.embedding_cache is not None and fast.embedding_cache.hits == len(set(DOCS))
     ranked = fast.rerank(QUERY, DOCS, top_k=2)
     assert [r.score for r in ranked] == sorted(first, reverse=True)[:2]
+
+
+def test_openvino_runs_many_buckets_concurrently_in_input_order(openvino, tiny_bi_encoder_dir) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(3)
+    words = "river museum album city film war county player born".split()
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) for _ in range(40)]
+    exact = GumbelReranker.from_pretrained(tiny_bi_encoder_dir)
+    fast = GumbelReranker.from_pretrained(tiny_bi_encoder_dir, backend="openvino")
+    want = exact.score(QUERY, docs)
+    # Small batches: 41 inputs become at least 11 requests on the async queue, finishing out of order.
+    assert fast._fast_backbone.max_batch_size <= 4
+    assert _max_diff(fast.score(QUERY, docs), want) < 1e-4
+    # Each thread gets its own request queue; shared, the callbacks would mix up the threads' outputs.
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: fast.score(QUERY, docs[i:] + docs[:i]), range(8)))
+    for i, got in enumerate(results):
+        assert _max_diff(got, want[i:] + want[:i]) < 1e-4
