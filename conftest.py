@@ -15,43 +15,10 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
 
 
-def _tiny_bert_config(num_labels: int | None = None, **overrides: float):
-    from transformers import BertConfig
-
-    kwargs = {"num_labels": num_labels} if num_labels else {}
-    kwargs.update(overrides)
-    return BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        **kwargs,
-    )
-
-
-def _save_tokenizer(target: Path) -> None:
-    from transformers import AutoTokenizer
-
-    from gumbel_rag.defaults import default_reranker_path
-
-    AutoTokenizer.from_pretrained(str(default_reranker_path())).save_pretrained(str(target))
-
-
 def _bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory, name: str, **overrides: float) -> Path:
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from transformers import BertModel
+    from gumbel_rag.testing import build_tiny_bi_encoder
 
-    torch.manual_seed(0)
-    raw = tmp_path_factory.mktemp(f"{name}-raw")
-    BertModel(_tiny_bert_config(**overrides)).save_pretrained(str(raw))
-    _save_tokenizer(raw)
-    model = SentenceTransformer(str(raw), device="cpu")
-    out = tmp_path_factory.mktemp(name)
-    model.save_pretrained(str(out))
-    return out
+    return build_tiny_bi_encoder(tmp_path_factory.mktemp(name) / "model", **overrides)
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +35,9 @@ def dropout_free_bi_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def _cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory, num_labels: int) -> Path:
-    import torch
-    from transformers import BertForSequenceClassification
+    from gumbel_rag.testing import build_tiny_cross_encoder
 
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp(f"tiny-cross-encoder-{num_labels}")
-    BertForSequenceClassification(_tiny_bert_config(num_labels)).save_pretrained(str(out))
-    _save_tokenizer(out)
-    return out
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp(f"tiny-cross-encoder-{num_labels}"), num_labels)
 
 
 @pytest.fixture(scope="session")
@@ -101,24 +63,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_reader_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Llama reader (BERT word-piece tokenizer, no chat template) saved to disk."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from gumbel_rag.testing import build_tiny_reader
 
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-reader")
-    config = LlamaConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.3,
-        pad_token_id=0,
-        bos_token_id=101,
-        eos_token_id=102,
-    )
-    LlamaForCausalLM(config).save_pretrained(str(out))
-    _save_tokenizer(out)
-    return out
+    return build_tiny_reader(tmp_path_factory.mktemp("tiny-reader") / "model")

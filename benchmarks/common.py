@@ -21,6 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+from gumbel_rag.testing import build_tiny_bi_encoder, build_tiny_cross_encoder, build_tiny_reader
+
 ROOT = Path(__file__).resolve().parent.parent
 HOTPOT = ROOT.parent / "shared" / "data" / "hotpotqa"
 
@@ -77,54 +79,14 @@ class DocumentSource:
 # ---------------------------------------------------------------------------------------------- tiny models
 
 
-def _tiny_bert_config(num_labels: int | None = None) -> Any:
-    from transformers import BertConfig
-
-    kwargs = {"num_labels": num_labels} if num_labels else {}
-    return BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        **kwargs,
-    )
-
-
-def _save_tokenizer(target: Path) -> None:
-    from transformers import AutoTokenizer
-
-    from gumbel_rag.defaults import default_reranker_path
-
-    AutoTokenizer.from_pretrained(str(default_reranker_path())).save_pretrained(str(target))
-
-
 def tiny_bi_encoder(directory: Path) -> Path:
-    """A random 2-layer BERT bi-encoder (sentence-transformers directory) built from a config."""
-    from sentence_transformers import SentenceTransformer
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    raw = directory / "tiny-bi-raw"
-    BertModel(_tiny_bert_config()).save_pretrained(str(raw))
-    _save_tokenizer(raw)
-    out = directory / "tiny-bi"
-    model = SentenceTransformer(str(raw), device="cpu")
-    model.max_seq_length = 256
-    model.save_pretrained(str(out))
-    return out
+    """A random 2-layer BERT bi-encoder (sentence-transformers directory) that reads 256 tokens."""
+    return build_tiny_bi_encoder(directory / "tiny-bi", max_positions=512, max_seq_length=256)
 
 
 def tiny_cross_encoder(directory: Path) -> Path:
     """A random 2-layer BERT sequence-classification model with one logit."""
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(0)
-    out = directory / "tiny-cross"
-    BertForSequenceClassification(_tiny_bert_config(1)).save_pretrained(str(out))
-    _save_tokenizer(out)
-    return out
+    return build_tiny_cross_encoder(directory / "tiny-cross", max_positions=512)
 
 
 def minilm_cross_encoder(directory: Path) -> Path:
@@ -143,25 +105,7 @@ def minilm_cross_encoder(directory: Path) -> Path:
 
 def tiny_reader(directory: Path) -> Path:
     """A random 2-layer Llama reader (BERT word-piece tokenizer) built from a config."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    out = directory / "tiny-reader"
-    config = LlamaConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        bos_token_id=101,
-        eos_token_id=102,
-    )
-    LlamaForCausalLM(config).save_pretrained(str(out))
-    _save_tokenizer(out)
-    return out
+    return build_tiny_reader(directory / "tiny-reader", max_positions=1024)
 
 
 # ---------------------------------------------------------------------------------------------- timing

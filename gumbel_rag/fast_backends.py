@@ -98,7 +98,8 @@ class OpenVINOBackbone:
         # batches that beats one stream whose threads split every matrix product (docs/performance.md).
         config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = ov.Core().compile_model(converted, "CPU", config)
-        self.jobs = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        # Twice the streams in flight, so that a stream never waits while Python hands out the next batch.
+        self.jobs = 2 * max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.names = names
         self.output_key = first.module_output_name
         self.rest = list(model)[1:]

@@ -166,11 +166,10 @@ class FiDReader(Reader):
         layers = cache.cross_attention_cache.layers
         return [layer.keys for layer in layers], [layer.values for layer in layers]
 
-    def prepare(
-        self, questions: Sequence[str], documents: Sequence[Sequence[str]], answers: Sequence[str]
-    ) -> FiDBatch:
-        """Tokenize and encode every passage once under torch.no_grad() (states reused by answer_loss)."""
-        validate_inputs(questions, documents, answers)
+    def _encode(
+        self, questions: Sequence[str], documents: Sequence[Sequence[str]]
+    ) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+        """Per example: the passages' token ids end to end, their (B, K) segments and (B, K, d) states."""
         per_example = [
             [self.passage_ids(q, d) for d in docs] + [self.passage_ids(q, None)]
             for q, docs in zip(questions, documents, strict=True)
@@ -191,7 +190,14 @@ class FiDReader(Reader):
             state_rows.append(torch.cat(states, dim=0))
         width = max(len(s) for s in seg_rows)
         encoder_states = torch.stack([F.pad(s, (0, 0, 0, width - s.shape[0])) for s in state_rows])
-        key_segment = _pad_stack(seg_rows, PAD).to(self.device)
+        return ids_rows, _pad_stack(seg_rows, PAD).to(self.device), encoder_states
+
+    def prepare(
+        self, questions: Sequence[str], documents: Sequence[Sequence[str]], answers: Sequence[str]
+    ) -> FiDBatch:
+        """Tokenize and encode every passage once under torch.no_grad() (states reused by answer_loss)."""
+        validate_inputs(questions, documents, answers)
+        ids_rows, key_segment, encoder_states = self._encode(questions, documents)
         cross_keys, cross_values = self._cross_key_values(encoder_states, key_segment)
 
         labels = []
@@ -256,13 +262,15 @@ class FiDReader(Reader):
         self, questions: Sequence[str], documents: Sequence[Sequence[str]], max_new_tokens: int = 32
     ) -> list[str]:
         """Greedy answers, Fusion-in-Decoder style: the decoder reads every passage's encoder states."""
-        batch = _as_fid_batch(self.prepare(questions, documents, ["x"] * len(questions)))
+        # Any placeholder answer: only the questions and documents are checked here.
+        validate_inputs(questions, documents, ["x"] * len(questions))
+        _, key_segment, encoder_states = self._encode(questions, documents)
         # The question-only passage stays hidden whenever a document is present, exactly as in training.
-        visible = batch.key_segment >= 0
-        no_docs = ~batch.candidate_mask.any(dim=1, keepdim=True)
-        visible |= (batch.key_segment == QUESTION_ONLY) & no_docs
+        visible = key_segment >= 0
+        no_docs = ~candidate_mask_for(documents, self.device).any(dim=1, keepdim=True)
+        visible |= (key_segment == QUESTION_ONLY) & no_docs
         output = self.model.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=batch.encoder_states),
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
             attention_mask=visible.long(),
             max_new_tokens=max_new_tokens,
             do_sample=False,
