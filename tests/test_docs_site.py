@@ -16,7 +16,17 @@ from gumbel_rag.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-API_MODULES = ["reranker", "gumbel", "losses", "readers", "data", "evaluation", "metrics", "trainer", "testing"]
+API_MODULES = [
+    "reranker",
+    "gumbel",
+    "losses",
+    "readers",
+    "data",
+    "evaluation",
+    "metrics",
+    "trainer",
+    "testing",
+]
 
 
 def _load(path: Path, name: str):
