@@ -13,7 +13,7 @@ from typing import Any, Literal
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables import run_in_executor
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 from typing_extensions import override
 
 from gumbel_rag import GumbelReranker
@@ -68,6 +68,13 @@ class GumbelRerank(BaseDocumentCompressor):
     """Allow custom model code shipped with the model directory."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for the underlying transformers model (e.g. ``{"torch_dtype": "auto"}``)."""
+    backend: Literal["torch", "openvino"] = "torch"
+    """Inference backend: ``"torch"`` (exact) or ``"openvino"`` (opt-in, CPU only, needs ``openvino``)."""
+    cache_max_entries: int | None = None
+    """Bi-encoders only: cache document embeddings (LRU by text), at most this many; ``None``: no cap."""
+    cache_max_bytes: int | None = None
+    """Bi-encoders only: cache document embeddings, at most this many bytes; ``None``: no cap. Either bound on
+    its own turns the cache on; with both ``None`` there is no cache."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -89,6 +96,17 @@ class GumbelRerank(BaseDocumentCompressor):
             raise ValueError(f"top_n must be a positive integer or None (keep all documents), got {value!r}")
         return value
 
+    @field_validator("cache_max_entries", "cache_max_bytes", mode="before")
+    @classmethod
+    def _check_cache_bound(cls, value: Any, info: ValidationInfo) -> Any:
+        # As for top_n: True is not "one entry", and a bound of 0 or less would cache nothing.
+        bad = isinstance(value, bool) or (isinstance(value, int | float) and value <= 0)
+        if bad:
+            raise ValueError(
+                f"{info.field_name} must be a positive integer or None (no bound), got {value!r}"
+            )
+        return value
+
     @field_validator("score_threshold")
     @classmethod
     def _check_threshold(cls, value: float | None) -> float | None:
@@ -104,7 +122,8 @@ class GumbelRerank(BaseDocumentCompressor):
         return value
 
     def _load_key(self) -> str:
-        settings = [self.model, self.device, self.kind, self.max_length, self.trust_remote_code]
+        settings = [self.model, self.device, self.kind, self.max_length, self.trust_remote_code, self.backend]
+        settings += [self.cache_max_entries, self.cache_max_bytes]
         return json.dumps([*settings, self.model_kwargs], sort_keys=True, default=repr)
 
     @property
@@ -126,11 +145,27 @@ class GumbelRerank(BaseDocumentCompressor):
                     batch_size=self.batch_size,
                     trust_remote_code=self.trust_remote_code,
                     model_kwargs=self.model_kwargs or None,
+                    backend=self.backend,
+                    cache_max_entries=self.cache_max_entries,
+                    cache_max_bytes=self.cache_max_bytes,
                 )
                 self._loaded_key = key
             # batch_size only shapes batching, so it is applied without a reload.
             self._reranker.batch_size = self.batch_size
             return self._reranker
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> GumbelRerank:
+        """An independent copy; a loaded model that cannot be deep-copied is loaded again by the copy."""
+        clone = self.model_copy()
+        object.__setattr__(clone, "__dict__", copy.deepcopy(self.__dict__, memo))
+        reranker, key = self._reranker, self._loaded_key
+        try:
+            clone._reranker, clone._loaded_key = copy.deepcopy(reranker, memo), key
+        except TypeError:
+            # An OpenVINO compiled model or an embedding cache (it holds a lock) cannot be copied: the
+            # copy loads its own model, with its own empty cache, on first use.
+            clone._reranker, clone._loaded_key = None, None
+        return clone
 
     def _rerank(self, documents: Sequence[Document], query: str) -> list[Document]:
         docs = list(documents)
