@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import Any
+from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+)
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -65,6 +71,21 @@ class GumbelRerank(BaseNodePostprocessor):
         default=None, description="Token limit per input; None keeps the model's own limit."
     )
     trust_remote_code: bool = Field(default=False, description="Allow custom model code from the directory.")
+    backend: Literal["torch", "openvino"] = Field(
+        default="torch",
+        description="Inference backend: 'torch' (exact) or 'openvino' (opt-in, CPU only, needs the openvino "
+        "package; scores equal the exact path within ~1e-5).",
+    )
+    cache_max_entries: int | None = Field(
+        default=None,
+        description="Bi-encoders only: cache up to this many document embeddings (LRU, keyed by text); "
+        "None sets no entry bound.",
+    )
+    cache_max_bytes: int | None = Field(
+        default=None,
+        description="Bi-encoders only: cap the document-embedding cache at this many bytes; "
+        "None sets no byte bound.",
+    )
 
     _reranker: GumbelReranker | None = PrivateAttr(default=None)
     _loaded_with: tuple[Any, ...] | None = PrivateAttr(default=None)
@@ -89,13 +110,36 @@ class GumbelRerank(BaseNodePostprocessor):
             raise ValueError(f"batch_size must be >= 1, got {value}")
         return value
 
+    @field_validator("cache_max_entries", "cache_max_bytes", mode="before")
+    @classmethod
+    def _reject_bool_cache_bound(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic's lax int coercion would turn True into a cache of 1 entry / 1 byte.
+        if isinstance(value, bool):
+            raise ValueError(f"{info.field_name} must be a positive integer or None, got {value!r}")
+        return value
+
+    @field_validator("cache_max_entries", "cache_max_bytes")
+    @classmethod
+    def _check_cache_bound(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"{info.field_name} must be a positive integer or None, got {value}")
+        return value
+
     @classmethod
     def class_name(cls) -> str:
         """Registry name used by LlamaIndex serialization."""
         return "GumbelRerank"
 
     def _load_key(self) -> tuple[Any, ...]:
-        return (self.model, self.device, self.max_length, self.trust_remote_code)
+        return (
+            self.model,
+            self.device,
+            self.max_length,
+            self.trust_remote_code,
+            self.backend,
+            self.cache_max_entries,
+            self.cache_max_bytes,
+        )
 
     @property
     def reranker(self) -> GumbelReranker:
@@ -110,6 +154,9 @@ class GumbelRerank(BaseNodePostprocessor):
                         max_length=self.max_length,
                         batch_size=self.batch_size,
                         trust_remote_code=self.trust_remote_code,
+                        backend=self.backend,
+                        cache_max_entries=self.cache_max_entries,
+                        cache_max_bytes=self.cache_max_bytes,
                     )
                     self._loaded_with = key
         # Batch size is a plain attribute of the loaded model: no reload needed to change it.
