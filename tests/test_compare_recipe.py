@@ -58,3 +58,26 @@ def test_compare_trains_each_method_resumes_and_reports(
     # Another call finds every run done and trains nothing.
     recipe.main(args)
     assert len((tmp_path / "runs" / "runs.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_time_budget_stops_before_a_run_that_would_not_fit_and_resumes(
+    shared_data, tiny_bi_encoder_dir, tiny_reader_dir, tmp_path
+) -> None:
+    recipe = _recipe()
+    assert not recipe.out_of_time(None, 1e9, [1e9])
+    assert not recipe.out_of_time(1.0, 30.0, [29.0]) and recipe.out_of_time(1.0, 30.0, [31.0])
+    args = [
+        "--data-dir", str(shared_data / "hotpotqa"), "--output", str(tmp_path / "runs"),
+        "--methods", "supervised", "--seeds", "0,1", "--no-retrieved", "--no-answers",
+        "--train-limit", "8", "--dev-limit", "4", "--max-steps", "1", "--max-document-tokens", "16",
+        "--batch-size", "2", "--reranker", str(tiny_bi_encoder_dir), "--reader", str(tiny_reader_dir),
+        "--device", "cpu", "--report", str(tmp_path / "r.md"), "--figure", str(tmp_path / "r.png"),
+    ]  # fmt: skip
+    (tmp_path / "r.md").write_text("<!-- compare:begin -->\n<!-- compare:end -->\n")
+    # A budget of zero minutes starts no training run (the untrained row is always measured).
+    recipe.main([*args, "--max-minutes", "0"])
+    names = [json.loads(line)["name"] for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
+    assert names == ["untrained"]
+    recipe.main(args)  # no budget: resumes with what is missing
+    names = [json.loads(line)["name"] for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
+    assert names == ["untrained", "supervised-seed0", "supervised-seed1"]

@@ -88,6 +88,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-5, help="learning rate, the same for every method")
     p.add_argument("--batch-size", type=int, default=4, help="questions per optimizer step")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke tests)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="start no run that would end past this many minutes (estimated from this call's runs); "
+        "rerun to resume, e.g. across short GPU sessions",
+    )
     p.add_argument("--max-document-tokens", type=int, default=128, help="reader tokens per document")
     p.add_argument("--reranker", default=None, help="starting reranker (default: all-MiniLM-L6-v2)")
     p.add_argument("--reader", default=None, help="reader (default: SmolLM2-135M-Instruct)")
@@ -129,6 +136,7 @@ def run_all(args: argparse.Namespace) -> None:
     from gumbel_rag.readers import load_reader
     from gumbel_rag.trainer import TrainConfig, train
 
+    started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
     runs_file = args.output / "runs.jsonl"
     train_rows, _ = load_examples(args.data_dir / "train_distractor_100.json")
@@ -155,6 +163,7 @@ def run_all(args: argparse.Namespace) -> None:
             }
         )
     seeds = [int(s) for s in args.seeds.split(",")]
+    durations: list[float] = []
     for variant in variants(args.methods.split(","), args.ablations):
         settings = {"k": args.k, "kappa": args.kappa, "tau": args.tau, **variant.overrides}
         # Every method sees the same rows: those with at least k candidates (k of the default G-Rerank).
@@ -164,6 +173,10 @@ def run_all(args: argparse.Namespace) -> None:
             # Re-read: several processes may share one output (give each its own --methods).
             if name in load_done(runs_file):
                 continue
+            if out_of_time(args.max_minutes, time.perf_counter() - started, durations):
+                print(f"--max-minutes {args.max_minutes} reached before {name}; rerun to resume", flush=True)
+                return
+            run_start = time.perf_counter()
             reranker = GumbelReranker.from_pretrained(args.reranker, device=args.device)
             config = TrainConfig(
                 output_dir=str(args.output / name),
@@ -194,6 +207,14 @@ def run_all(args: argparse.Namespace) -> None:
                     "metrics": evaluate(reranker, reader, dev, answer_set, args),
                 }
             )
+            durations.append(time.perf_counter() - run_start)
+
+
+def out_of_time(max_minutes: float | None, elapsed_s: float, durations: Sequence[float]) -> bool:
+    """Whether one more run (as long as the longest so far) would end past ``max_minutes``."""
+    if max_minutes is None:
+        return False
+    return elapsed_s + max(durations, default=0.0) > 60 * max_minutes
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int, dict[str, tuple[float, float]]]]:
