@@ -272,7 +272,7 @@ def plot(summary: Sequence[tuple[str, int, dict[str, tuple[float, float]]]], pat
     low = min(stats.get("recall@5", (1.0, 0))[0] for _, _, stats in summary)
     ax.set_ylim(max(0.0, low - 0.15), 1.0)
     ax.set_ylabel("dev_distractor_100")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", ncol=2)  # above the bars: they stop below 0.95
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
