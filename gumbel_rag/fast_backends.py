@@ -115,7 +115,8 @@ class OpenVINOBackbone:
         return queue
 
     def run_many(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Run the backbone on every batch (concurrently), then the later torch modules on each."""
+        """Fill each batch's ``features[module_output_name]`` like the torch module would (the batches run
+        concurrently), then run the later sentence-transformers modules on each."""
         outputs: list[Any] = [None] * len(batches)
 
         def done(request: Any, slot: int) -> None:
@@ -134,10 +135,6 @@ class OpenVINOBackbone:
                 features = module(features)
             results.append(features)
         return results
-
-    def __call__(self, features: dict[str, Any]) -> dict[str, Any]:
-        """Fill ``features[module_output_name]`` like the torch module would, then run the later modules."""
-        return self.run_many([features])[0]
 
 
 def accelerate_model(reranker: GumbelReranker, backend: str) -> None:

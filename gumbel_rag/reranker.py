@@ -299,18 +299,20 @@ class GumbelReranker(nn.Module):
             "can be used for ranking"
         )
 
-    def _bucketed(self, lengths: list[int], run_many: Any, call_cost: float | None = None) -> torch.Tensor:
-        """Apply ``run_many(index batches) -> [Tensor per batch]`` to length buckets; restore input order."""
+    def _bucketed(
+        self, lengths: list[int], items: Sequence[Any], run_many: Any, call_cost: float | None = None
+    ) -> torch.Tensor:
+        """Apply ``run_many(batches of items) -> [Tensor per batch]`` to length buckets, in input order."""
         batch_size = self.batch_size
         if self._fast_backbone is not None:
             # Small batches, longest first, keep every concurrent stream busy until the end.
             batch_size = min(batch_size, self._fast_backbone.max_batch_size)
         buckets = list(_length_buckets(lengths, batch_size, call_cost))
-        chunks = run_many(buckets)
+        chunks = run_many([[items[i] for i in idx] for idx in buckets])
         order = [i for idx in buckets for i in idx]
         inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
         inverse[torch.tensor(order, device=self.device)] = torch.arange(len(order), device=self.device)
-        return torch.cat([c.to(self.device) for c in chunks])[inverse]
+        return torch.cat(chunks)[inverse]
 
     def _call_cost(self) -> float:
         """Tokens of compute one more forward call is worth (see _length_buckets)."""
@@ -324,17 +326,11 @@ class GumbelReranker(nn.Module):
             return torch.empty(0, device=self.device)
         if self.kind == "bi-encoder":
             q_emb = self._embed(queries)
-            d_emb = self._bucketed(
-                [len(d) for d in documents],
-                lambda buckets: self._embed_many([[documents[i] for i in idx] for idx in buckets]),
-            )
+            d_emb = self._bucketed([len(d) for d in documents], documents, self._embed_many)
             q_index = torch.tensor(query_of, device=self.device)
             return (q_emb[q_index] * d_emb).sum(-1) / self.temperature
         pairs = [(queries[query_of[p]], documents[p]) for p in range(len(documents))]
-        return self._bucketed(
-            [len(a) + len(b) for a, b in pairs],
-            lambda buckets: self._cross_scores_many([[pairs[i] for i in idx] for idx in buckets]),
-        )
+        return self._bucketed([len(a) + len(b) for a, b in pairs], pairs, self._cross_scores_many)
 
     def _token_lengths(self, inputs: list[Any]) -> list[int]:
         """Tokens per input (special tokens included, before truncation): the true cost of each input."""
@@ -386,11 +382,7 @@ class GumbelReranker(nn.Module):
             self._warn_truncated(lengths, len(pairs))
             if limit is not None:
                 lengths = [min(n, limit) for n in lengths]
-            scores = self._bucketed(
-                lengths,
-                lambda buckets: self._cross_scores_many([[pairs[i] for i in idx] for idx in buckets]),
-                self._call_cost(),
-            )
+            scores = self._bucketed(lengths, pairs, self._cross_scores_many, self._call_cost())
             return scores.float().cpu().tolist()
         # Bi-encoder: one embedding per distinct text, whatever query it comes with.
         unique: dict[str, int] = {}
@@ -411,11 +403,7 @@ class GumbelReranker(nn.Module):
         self._warn_truncated([text_length.get(d, 0) for d in documents], len(documents))
         if limit is not None:
             lengths = [min(n, limit) for n in lengths]
-        emb = self._bucketed(
-            lengths,
-            lambda buckets: self._embed_many([[to_embed[i] for i in idx] for idx in buckets]),
-            self._call_cost(),
-        ).cpu()
+        emb = self._bucketed(lengths, to_embed, self._embed_many, self._call_cost()).cpu()
         q_emb, new = emb[: len(queries)], emb[len(queries) :]
         if cache is not None and missing:
             cache.put_many([texts[i] for i in missing], list(new))
@@ -502,10 +490,7 @@ class GumbelReranker(nn.Module):
         try:
             if not texts:
                 return torch.empty(0, self._embedding_dim())
-            out = self._bucketed(
-                [len(t) for t in texts],
-                lambda buckets: self._embed_many([[texts[i] for i in idx] for idx in buckets]),
-            )
+            out = self._bucketed([len(t) for t in texts], texts, self._embed_many)
         finally:
             self.train(was_training)
         return out.cpu()
