@@ -81,3 +81,15 @@ def test_time_budget_stops_before_a_run_that_would_not_fit_and_resumes(
     recipe.main(args)  # no budget: resumes with what is missing
     names = [json.loads(line)["name"] for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
     assert names == ["untrained", "supervised-seed0", "supervised-seed1"]
+
+
+def test_an_ablation_name_in_methods_runs_only_that_ablation() -> None:
+    recipe = _recipe()
+    picked = recipe.variants(["pdist", "gumbel-tau0.5"], ablations=False)
+    assert [(v.name, v.method, v.overrides) for v in picked] == [
+        ("pdist", "pdist", {}),
+        ("gumbel-tau0.5", "gumbel", {"tau": 0.5}),
+    ]
+    # --ablations adds the others once, without repeating one already named.
+    names = [v.name for v in recipe.variants(["gumbel-kappa1"], ablations=True)]
+    assert names[0] == "gumbel-kappa1" and sorted(names) == sorted(recipe.ABLATIONS)

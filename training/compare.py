@@ -61,10 +61,10 @@ class Variant:
 
 
 def variants(methods: Sequence[str], ablations: bool) -> list[Variant]:
-    """The methods asked for, then (optionally) the G-Rerank ablations."""
-    out = [Variant(m, m) for m in methods]
+    """The methods (or ablation names) asked for, then (optionally) every G-Rerank ablation."""
+    out = [Variant(m, "gumbel", dict(ABLATIONS[m])) if m in ABLATIONS else Variant(m, m) for m in methods]
     if ablations:
-        out += [Variant(name, "gumbel", dict(o)) for name, o in ABLATIONS.items()]
+        out += [Variant(name, "gumbel", dict(o)) for name, o in ABLATIONS.items() if name not in methods]
     return out
 
 
@@ -73,7 +73,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data/hotpotqa"), help="HotpotQA files")
     p.add_argument("--output", type=Path, default=Path("runs/compare"), help="runs.jsonl and models go here")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to train")
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated methods; an ablation name ({', '.join(ABLATIONS)}) runs just that one",
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds per method")
     p.add_argument("--ablations", action="store_true", help="also run the G-Rerank ablations")
     p.add_argument("--train-limit", type=int, default=None, help="first N training rows only (CPU budget)")
