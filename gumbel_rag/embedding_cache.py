@@ -14,7 +14,18 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-__all__ = ["EmbeddingCache", "entry_bytes"]
+__all__ = ["EmbeddingCache", "check_cache_bound", "entry_bytes"]
+
+
+def check_cache_bound(value: object, name: str) -> int | None:
+    """Return ``value`` if it is None or a positive int; otherwise raise ValueError naming ``name``."""
+    # bool is an int subclass, but a bound of True is a mistake, not "one entry"; 3.0 or "100" would
+    # be coerced silently by some config layers, so every caller gets the same strict rule.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer or None (no bound), got {value!r}")
+    return value
 
 
 def entry_bytes(text: str, embedding: torch.Tensor) -> int:
@@ -38,12 +49,8 @@ class EmbeddingCache:
         """Create an empty cache; at least one bound must be set, and bounds must be positive."""
         if max_entries is None and max_bytes is None:
             raise ValueError("set max_entries and/or max_bytes: an unbounded cache would grow forever")
-        if max_entries is not None and max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
+        self.max_entries = check_cache_bound(max_entries, "max_entries")
+        self.max_bytes = check_cache_bound(max_bytes, "max_bytes")
         self._data: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._nbytes = 0

@@ -61,9 +61,19 @@ def test_stored_rows_do_not_keep_the_batch_alive() -> None:
     assert stored.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"max_entries": 0}, {"max_bytes": 0}])
-def test_invalid_bounds_are_rejected(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "set max_entries and/or max_bytes"),
+        ({"max_entries": 0}, "max_entries must be a positive integer or None"),
+        ({"max_bytes": 0}, "max_bytes must be a positive integer or None"),
+        # True is an int to Python; 2.5 would be truncated by int(): both are refused, named.
+        ({"max_entries": True}, r"max_entries .* got True"),
+        ({"max_bytes": 2.5}, r"max_bytes .* got 2.5"),
+    ],
+)
+def test_invalid_bounds_are_rejected(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         EmbeddingCache(**kwargs)
 
 

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_valid
 from typing_extensions import override
 
 from gumbel_rag import GumbelReranker
+from gumbel_rag.embedding_cache import check_cache_bound
 
 __all__ = ["GumbelRerank"]
 
@@ -99,13 +100,7 @@ class GumbelRerank(BaseDocumentCompressor):
     @field_validator("cache_max_entries", "cache_max_bytes", mode="before")
     @classmethod
     def _check_cache_bound(cls, value: Any, info: ValidationInfo) -> Any:
-        # As for top_n: True is not "one entry", and a bound of 0 or less would cache nothing.
-        bad = isinstance(value, bool) or (isinstance(value, int | float) and value <= 0)
-        if bad:
-            raise ValueError(
-                f"{info.field_name} must be a positive integer or None (no bound), got {value!r}"
-            )
-        return value
+        return check_cache_bound(value, info.field_name)
 
     @field_validator("score_threshold")
     @classmethod

@@ -21,6 +21,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from gumbel_rag import GumbelReranker
+from gumbel_rag.embedding_cache import check_cache_bound
 
 __all__ = ["DEFAULT_MODEL_NAME", "GumbelRerank", "node_text"]
 
@@ -112,18 +113,9 @@ class GumbelRerank(BaseNodePostprocessor):
 
     @field_validator("cache_max_entries", "cache_max_bytes", mode="before")
     @classmethod
-    def _reject_bool_cache_bound(cls, value: Any, info: ValidationInfo) -> Any:
-        # Pydantic's lax int coercion would turn True into a cache of 1 entry / 1 byte.
-        if isinstance(value, bool):
-            raise ValueError(f"{info.field_name} must be a positive integer or None, got {value!r}")
-        return value
-
-    @field_validator("cache_max_entries", "cache_max_bytes")
-    @classmethod
-    def _check_cache_bound(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError(f"{info.field_name} must be a positive integer or None, got {value}")
-        return value
+    def _check_cache_bound(cls, value: Any, info: ValidationInfo) -> Any:
+        # Before pydantic's lax coercion, which would turn True into a cache of one entry.
+        return check_cache_bound(value, info.field_name)
 
     @classmethod
     def class_name(cls) -> str:

@@ -18,6 +18,7 @@ from haystack.utils.hf import deserialize_hf_model_kwargs, serialize_hf_model_kw
 from haystack.utils.misc import _deduplicate_documents
 
 from gumbel_rag import GumbelReranker
+from gumbel_rag.embedding_cache import check_cache_bound
 
 __all__ = ["GumbelRanker", "document_text"]
 
@@ -35,14 +36,6 @@ def _check_top_k(top_k: Any, where: str) -> None:
         raise TypeError(f"{where}: top_k must be a positive integer, got {top_k!r}")
     if top_k <= 0:
         raise ValueError(f"{where}: top_k must be > 0, but got {top_k}")
-
-
-def _check_cache_bound(value: Any, name: str) -> None:
-    # bool is an int subclass; cache_max_entries=True would silently mean 1.
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"GumbelRanker: {name} must be a positive integer or None, got {value!r}")
 
 
 def _sigmoid(x: float) -> float:
@@ -195,8 +188,8 @@ class GumbelRanker:
             raise ValueError(f"GumbelRanker: max_length must be > 0 or None, got {max_length}")
         if backend not in _BACKENDS:
             raise ValueError(f"GumbelRanker: backend must be one of {_BACKENDS}, got {backend!r}")
-        _check_cache_bound(cache_max_entries, "cache_max_entries")
-        _check_cache_bound(cache_max_bytes, "cache_max_bytes")
+        check_cache_bound(cache_max_entries, "GumbelRanker: cache_max_entries")
+        check_cache_bound(cache_max_bytes, "GumbelRanker: cache_max_bytes")
         if kind == "cross-encoder" and (cache_max_entries is not None or cache_max_bytes is not None):
             raise ValueError(
                 "GumbelRanker: cache_max_entries / cache_max_bytes need a bi-encoder: the embedding cache "
