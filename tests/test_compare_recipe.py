@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,3 +95,12 @@ def test_an_ablation_name_in_methods_runs_only_that_ablation() -> None:
     # --ablations adds the others once, without repeating one already named.
     names = [v.name for v in recipe.variants(["gumbel-kappa1"], ablations=True)]
     assert names[0] == "gumbel-kappa1" and sorted(names) == sorted(recipe.ABLATIONS)
+
+
+def test_an_unknown_method_is_refused_before_anything_loads(tmp_path) -> None:
+    recipe = _recipe()
+    with pytest.raises(
+        SystemExit, match=r"--methods: unknown 'gumbel-tau05'; choose from gumbel, .*gumbel-tau0.5"
+    ):
+        # The data dir does not exist: the check has to come before any file or model is read.
+        recipe.main(["--data-dir", str(tmp_path / "missing"), "--methods", "pdist,gumbel-tau05"])

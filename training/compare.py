@@ -62,6 +62,11 @@ class Variant:
 
 def variants(methods: Sequence[str], ablations: bool) -> list[Variant]:
     """The methods (or ablation names) asked for, then (optionally) every G-Rerank ablation."""
+    unknown = [m for m in methods if m not in METHODS and m not in ABLATIONS]
+    if unknown:
+        # Before any model is loaded: a typo should not cost the untrained evaluation first.
+        known = ", ".join((*METHODS, *ABLATIONS))
+        raise SystemExit(f"--methods: unknown {', '.join(map(repr, unknown))}; choose from {known}")
     out = [Variant(m, "gumbel", dict(ABLATIONS[m])) if m in ABLATIONS else Variant(m, m) for m in methods]
     if ablations:
         out += [Variant(name, "gumbel", dict(o)) for name, o in ABLATIONS.items() if name not in methods]
@@ -310,6 +315,7 @@ def write_report(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run what is missing, then write the report."""
     args = parse_args(argv)
+    variants(args.methods.split(","), args.ablations)  # refuses unknown names before anything loads
     if not args.report_only:
         run_all(args)
     write_report(args)
