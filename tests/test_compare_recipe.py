@@ -55,6 +55,7 @@ def test_compare_trains_each_method_resumes_and_reports(
         and "| untrained | 1 |" in text
         and " ± " in text
     )
+    assert "| gumbel minus | recall@5 | indirect_recall@5 |" in text and "| supervised | " in text
     assert (tmp_path / "results.png").stat().st_size > 1000
 
     # Another call finds every run done and trains nothing.
@@ -104,3 +105,25 @@ def test_an_unknown_method_is_refused_before_anything_loads(tmp_path) -> None:
     ):
         # The data dir does not exist: the check has to come before any file or model is read.
         recipe.main(["--data-dir", str(tmp_path / "missing"), "--methods", "pdist,gumbel-tau05"])
+
+
+def test_contrasts_give_the_difference_and_welch_standard_error() -> None:
+    recipe = _recipe()
+    summary = [
+        ("untrained", 1, {"recall@5": (0.80, 0.0)}),
+        ("gumbel", 3, {"recall@5": (0.86, 0.03)}),
+        ("emdr", 3, {"recall@5": (0.84, 0.04)}),
+        ("pdist", 1, {"recall@5": (0.70, 0.0)}),
+    ]
+    rows = dict(recipe.contrasts(summary, keys=("recall@5",)))
+    assert set(rows) == {"untrained", "emdr", "pdist"}
+    diff, se = rows["emdr"]["recall@5"]
+    assert abs(diff - 0.02) < 1e-12 and abs(se - (0.03**2 / 3 + 0.04**2 / 3) ** 0.5) < 1e-12
+    # The untrained model is deterministic: only G-Rerank's seeds spread.
+    assert abs(rows["untrained"]["recall@5"][1] - 0.03 / 3**0.5) < 1e-12
+    assert rows["pdist"]["recall@5"][1] is None  # one seed: no spread to estimate from
+    table = recipe.contrast_table(list(rows.items()), "gumbel")
+    assert (
+        "| emdr | +0.020 ± 0.029 (+0.7 SE) |" in table and "| pdist | +0.160 (one seed: no spread) |" in table
+    )
+    assert recipe.contrasts(summary, reference="missing") == []

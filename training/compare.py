@@ -262,6 +262,57 @@ def markdown_table(summary: Sequence[tuple[str, int, dict[str, tuple[float, floa
     return "\n".join(lines)
 
 
+Summary = Sequence[tuple[str, int, dict[str, tuple[float, float]]]]
+
+
+def contrasts(
+    summary: Summary, reference: str = "gumbel", keys: Sequence[str] = ("recall@5", "indirect_recall@5")
+) -> list[tuple[str, dict[str, tuple[float, float | None]]]]:
+    """``reference`` minus every other variant, per metric: (difference of means, its standard error).
+
+    The standard error is Welch's ``sqrt(s1^2/n1 + s2^2/n2)`` over seeds; the untrained model is
+    deterministic (variance 0); a trained variant with one seed has no spread, so its error is None.
+    """
+    found = {name: (n, stats) for name, n, stats in summary}
+    if reference not in found:
+        return []
+    n_ref, ref = found[reference]
+    out = []
+    for name, (n, stats) in found.items():
+        if name == reference:
+            continue
+        cells: dict[str, tuple[float, float | None]] = {}
+        for key in keys:
+            if key not in ref or key not in stats:
+                continue
+            variance = 0.0 if name == "untrained" else (stats[key][1] ** 2 / n if n > 1 else None)
+            se = None if variance is None or n_ref < 2 else (ref[key][1] ** 2 / n_ref + variance) ** 0.5
+            cells[key] = (ref[key][0] - stats[key][0], se)
+        out.append((name, cells))
+    return out
+
+
+def contrast_table(rows: Sequence[tuple[str, dict[str, tuple[float, float | None]]]], reference: str) -> str:
+    """Markdown: 'difference ± standard error (how many errors)' of ``reference`` against each variant."""
+    keys = list(dict.fromkeys(key for _, cells in rows for key in cells))
+    lines = [f"| {reference} minus | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, cells in rows:
+        out = []
+        for key in keys:
+            if key not in cells:
+                out.append("")
+                continue
+            diff, se = cells[key]
+            if se is None:
+                out.append(f"{diff:+.3f} (one seed: no spread)")
+            elif se == 0:
+                out.append(f"{diff:+.3f}")
+            else:
+                out.append(f"{diff:+.3f} ± {se:.3f} ({diff / se:+.1f} SE)")
+        lines.append(f"| {name} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary: Sequence[tuple[str, int, dict[str, tuple[float, float]]]], path: Path) -> None:
     """Grouped bars of Recall@5 and indirect Recall@5 per method, with the seed spread as error bars."""
     import matplotlib
@@ -301,7 +352,17 @@ def write_report(args: argparse.Namespace) -> None:
         f"{trained[0]['steps'] if trained else 0} optimizer steps each; "
         f"python {platform.python_version()}. {args.setup_note}".strip()
     )
-    block = f"{BEGIN}\n{markdown_table(summary)}\n\n{setup}\n{END}"
+    block = f"{BEGIN}\n{markdown_table(summary)}\n\n{setup}\n"
+    versus = contrasts(summary)
+    if versus:
+        block += (
+            "\nG-Rerank against each row: difference of the means ± its standard error over training seeds "
+            "(Welch). About 2 SE or more is unlikely to be seed noise; every row is scored on the same dev "
+            "questions, so question-sampling noise is not in it.\n\n"
+            + contrast_table(versus, "gumbel")
+            + "\n"
+        )
+    block += END
     text = args.report.read_text() if args.report.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
