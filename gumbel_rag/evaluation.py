@@ -20,6 +20,7 @@ __all__ = [
     "answer_f1",
     "evaluate_answers",
     "evaluate_reranker",
+    "example_metrics",
     "indirect_gold",
     "normalize_answer",
     "rank_examples",
@@ -95,11 +96,12 @@ def _check_rankings(rankings: Sequence[Sequence[int]] | None, examples: Sequence
             )
 
 
-def _example_rows(
+def example_metrics(
     reranker: GumbelReranker,
     examples: Sequence[QAExample],
-    ks: Sequence[int],
-    progress: bool,
+    ks: Sequence[int] = (2, 5),
+    *,
+    progress: bool = False,
     rankings: Sequence[Sequence[int]] | None = None,
 ) -> list[tuple[dict[str, float], dict[str, float] | None]]:
     """Per labelled example: its ranking metrics, and its indirect recalls (None without indirect gold)."""
@@ -140,14 +142,14 @@ def evaluate_reranker(
         return {"n": 0}
     if rankings is not None:
         given = [r for r, ex in zip(rankings, examples, strict=True) if ex.gold]
-        rows = _example_rows(reranker, labelled, ks, progress, given)
+        rows = example_metrics(reranker, labelled, ks, progress=progress, rankings=given)
     elif accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         with accelerator.split_between_processes(labelled) as share:
-            rows = gather_object(_example_rows(reranker, share, ks, progress))
+            rows = gather_object(example_metrics(reranker, share, ks, progress=progress))
     else:
-        rows = _example_rows(reranker, labelled, ks, progress)
+        rows = example_metrics(reranker, labelled, ks, progress=progress)
     out = mean_metrics([direct for direct, _ in rows])
     indirect = [ind for _, ind in rows if ind is not None]
     out.update(mean_metrics(indirect))

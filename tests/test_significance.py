@@ -47,9 +47,10 @@ def test_bootstrap_leaves_out_questions_without_the_metric() -> None:
 
 
 def test_script_scores_saved_models_and_names_a_missing_one(
-    shared_data, tiny_bi_encoder_dir, tmp_path
+    shared_data, tiny_bi_encoder_dir, tmp_path, monkeypatch
 ) -> None:
     sig = _script()
+    monkeypatch.syspath_prepend(str(ROOT / "training"))  # as `python training/significance.py` has it
     out = tmp_path / "runs"
     rows = [{"name": "untrained", "variant": "untrained"}]
     for name in ("gumbel-seed0", "gumbel-seed1", "emdr-seed0"):

@@ -41,18 +41,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def per_question(
-    rankings: Sequence[Sequence[int]], examples: Sequence[Any], k: int = 5
-) -> dict[str, np.ndarray]:
-    """Per dev question: Recall@k, and indirect Recall@k (NaN where the question has no indirect gold)."""
-    from gumbel_rag.evaluation import indirect_gold
-    from gumbel_rag.metrics import recall_at_k
+def per_question(reranker: Any, examples: Sequence[Any], k: int = 5) -> dict[str, np.ndarray]:
+    """Per labelled question: Recall@k, and indirect Recall@k (NaN where it has no indirect gold)."""
+    from gumbel_rag.evaluation import example_metrics
 
-    direct, indirect = [], []
-    for ranking, ex in zip(rankings, examples, strict=True):
-        direct.append(recall_at_k(ranking, ex.gold or [], k))
-        bridge = indirect_gold(ex)
-        indirect.append(recall_at_k(ranking, bridge, k) if bridge else np.nan)
+    rows = example_metrics(reranker, examples, (k,))
+    direct = [d[f"recall@{k}"] for d, _ in rows]
+    indirect = [np.nan if ind is None else ind[f"indirect_recall@{k}"] for _, ind in rows]
     return {f"recall@{k}": np.array(direct), f"indirect_recall@{k}": np.array(indirect)}
 
 
@@ -93,14 +88,13 @@ def paired_bootstrap(
 
 def variant_models(output: Path) -> dict[str, list[str]]:
     """Run names per variant in compare.py's runs.jsonl (the untrained row has no saved model)."""
+    from compare import load_done  # training/compare.py, beside this script
+
     path = output / "runs.jsonl"
     if not path.exists():
         raise SystemExit(f"{path}: not found (run training/compare.py first)")
-    # As compare.py reads it: append-only, a later row of the same name wins.
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = {row["name"]: row for row in map(json.loads, lines)}
     runs: dict[str, list[str]] = {}
-    for row in rows.values():
+    for row in load_done(path).values():
         runs.setdefault(row["variant"], []).append(row["name"])
     return runs
 
@@ -111,7 +105,6 @@ def score_variants(args: argparse.Namespace, names: dict[str, list[str]]) -> dic
 
     from gumbel_rag import GumbelReranker
     from gumbel_rag.data import load_examples
-    from gumbel_rag.evaluation import rank_examples
 
     dev, _ = load_examples(args.data_dir / "dev_distractor_100.json")
     dev = [ex for ex in (dev[: args.dev_limit] if args.dev_limit else dev) if ex.gold]
@@ -123,7 +116,7 @@ def score_variants(args: argparse.Namespace, names: dict[str, list[str]]) -> dic
             if run != "untrained" and not (args.output / run / "model.safetensors").exists():
                 raise SystemExit(f"{args.output / run}: no saved model (was the run moved or deleted?)")
             model = GumbelReranker.from_pretrained(path, device=args.device).eval()
-            rows.append(per_question(rank_examples(model, dev), dev))
+            rows.append(per_question(model, dev))
         scores[variant] = {m: np.stack([r[m] for r in rows]) for m in METRICS}
     return scores
 
