@@ -226,6 +226,10 @@ def out_of_time(max_minutes: float | None, elapsed_s: float, durations: Sequence
     return elapsed_s + max(durations, default=0.0) > 60 * max_minutes
 
 
+# Per variant: (name, number of seeds, {metric: (mean, sample std)}).
+Summary = Sequence[tuple[str, int, dict[str, tuple[float, float]]]]
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int, dict[str, tuple[float, float]]]]:
     """Per variant (in first-seen order): number of seeds and (mean, sample std) of each metric."""
     by_variant: dict[str, list[dict[str, float]]] = {}
@@ -243,26 +247,26 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int, dict[str, 
     return out
 
 
-def markdown_table(summary: Sequence[tuple[str, int, dict[str, tuple[float, float]]]]) -> str:
-    """Method x metric table, 'mean ± std' over seeds."""
-    metrics = [m for m in TABLE_METRICS if any(m in stats for _, _, stats in summary)]
-    lines = [
-        "| method | seeds | " + " | ".join(metrics) + " |",
-        "|---|---|" + "---|" * len(metrics),
-    ]
-    for variant, n, stats in summary:
-        cells = []
-        for key in metrics:
-            if key not in stats:
-                cells.append("")
-                continue
-            mean, spread = stats[key]
-            cells.append(f"{mean:.3f} ± {spread:.3f}" if n > 1 else f"{mean:.3f}")
-        lines.append(f"| {variant} | {n} | " + " | ".join(cells) + " |")
+def markdown_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: one header row, then the rows (cells already formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-Summary = Sequence[tuple[str, int, dict[str, tuple[float, float]]]]
+def _mean_cell(stat: tuple[float, float] | None, seeds: int) -> str:
+    if stat is None:
+        return ""
+    return f"{stat[0]:.3f} ± {stat[1]:.3f}" if seeds > 1 else f"{stat[0]:.3f}"
+
+
+def markdown_table(summary: Summary) -> str:
+    """Method x metric table, 'mean ± std' over seeds."""
+    metrics = [m for m in TABLE_METRICS if any(m in stats for _, _, stats in summary)]
+    rows = [
+        [variant, str(n), *(_mean_cell(stats.get(m), n) for m in metrics)] for variant, n, stats in summary
+    ]
+    return markdown_rows(["method", "seeds", *metrics], rows)
 
 
 def contrasts(
@@ -292,28 +296,25 @@ def contrasts(
     return out
 
 
+def _contrast_cell(cell: tuple[float, float | None] | None) -> str:
+    if cell is None:
+        return ""
+    diff, se = cell
+    if se is None:
+        return f"{diff:+.3f} (one seed: no spread)"
+    if se == 0:
+        return f"{diff:+.3f}"
+    return f"{diff:+.3f} ± {se:.3f} ({diff / se:+.1f} SE)"
+
+
 def contrast_table(rows: Sequence[tuple[str, dict[str, tuple[float, float | None]]]], reference: str) -> str:
     """Markdown: 'difference ± standard error (how many errors)' of ``reference`` against each variant."""
     keys = list(dict.fromkeys(key for _, cells in rows for key in cells))
-    lines = [f"| {reference} minus | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for name, cells in rows:
-        out = []
-        for key in keys:
-            if key not in cells:
-                out.append("")
-                continue
-            diff, se = cells[key]
-            if se is None:
-                out.append(f"{diff:+.3f} (one seed: no spread)")
-            elif se == 0:
-                out.append(f"{diff:+.3f}")
-            else:
-                out.append(f"{diff:+.3f} ± {se:.3f} ({diff / se:+.1f} SE)")
-        lines.append(f"| {name} | " + " | ".join(out) + " |")
-    return "\n".join(lines)
+    body = [[name, *(_contrast_cell(cells.get(key)) for key in keys)] for name, cells in rows]
+    return markdown_rows([f"{reference} minus", *keys], body)
 
 
-def plot(summary: Sequence[tuple[str, int, dict[str, tuple[float, float]]]], path: Path) -> None:
+def plot(summary: Summary, path: Path) -> None:
     """Grouped bars of Recall@5 and indirect Recall@5 per method, with the seed spread as error bars."""
     import matplotlib
 

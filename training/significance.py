@@ -123,14 +123,17 @@ def score_variants(args: argparse.Namespace, names: dict[str, list[str]]) -> dic
 
 def markdown(reference: str, results: dict[str, dict[str, dict[str, float]]]) -> str:
     """One row per compared variant: difference [95% interval], one-sided p."""
-    lines = [f"| {reference} minus | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
-    for name, by_metric in results.items():
-        cells = [
+    from compare import markdown_rows
+
+    rows = [
+        [name]
+        + [
             f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], p = {r['p_not_ahead']:.3f}"
             for r in (by_metric[m] for m in METRICS)
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for name, by_metric in results.items()
+    ]
+    return markdown_rows([f"{reference} minus", *METRICS], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
