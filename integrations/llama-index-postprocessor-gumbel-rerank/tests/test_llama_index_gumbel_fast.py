@@ -51,6 +51,13 @@ def scores_by_id(out: list[NodeWithScore]) -> dict[str, float]:
     return {item.node.node_id: item.score for item in out}
 
 
+def check_scores_match(out: list[NodeWithScore], reference: list[NodeWithScore]) -> None:
+    """Every node's score in ``out`` is within 1e-4 of its score in ``reference``."""
+    expected = scores_by_id(reference)
+    for node_id, score in scores_by_id(out).items():
+        assert score == pytest.approx(expected[node_id], abs=1e-4)
+
+
 @pytest.fixture(scope="module")
 def torch_out(tiny_bi_encoder_dir: Path) -> list[NodeWithScore]:
     """The exact path's ranking of make_nodes() (no cache)."""
@@ -163,9 +170,7 @@ def test_openvino_scores_match_torch(tiny_bi_encoder_dir: Path, torch_out: list[
     assert [i.node.node_id for i in out if i.node.node_id != "n5"] == [
         i.node.node_id for i in torch_out if i.node.node_id != "n5"
     ]  # n4 and n5 have the same text and score: their relative order is not part of the contract
-    expected = scores_by_id(torch_out)
-    for node_id, score in scores_by_id(out).items():
-        assert score == pytest.approx(expected[node_id], abs=1e-4)
+    check_scores_match(out, torch_out)
 
 
 def test_openvino_cross_encoder_scores_match_torch(tiny_cross_encoder_dir: Path) -> None:
@@ -176,9 +181,7 @@ def test_openvino_cross_encoder_scores_match_torch(tiny_cross_encoder_dir: Path)
     fast_out = fast.postprocess_nodes(make_nodes(), query_str=QUERY)
     assert exact.reranker.backend == "torch" and fast.reranker.backend == "openvino"
     check_every_node_returned(fast_out, make_nodes())
-    expected = scores_by_id(exact_out)
-    for node_id, score in scores_by_id(fast_out).items():
-        assert score == pytest.approx(expected[node_id], abs=1e-4)
+    check_scores_match(fast_out, exact_out)
 
 
 def test_openvino_with_cache(tiny_bi_encoder_dir: Path, torch_out: list[NodeWithScore]) -> None:
@@ -192,9 +195,7 @@ def test_openvino_with_cache(tiny_bi_encoder_dir: Path, torch_out: list[NodeWith
     assert rerank.reranker.backend == "openvino" and cache is not None
     assert cache.hits == distinct_texts(make_nodes())
     assert scores_by_id(second) == pytest.approx(scores_by_id(first), abs=1e-5)
-    expected = scores_by_id(torch_out)
-    for node_id, score in scores_by_id(second).items():
-        assert score == pytest.approx(expected[node_id], abs=1e-4)
+    check_scores_match(second, torch_out)
 
 
 # ---------------------------------------------------------------- reloading
