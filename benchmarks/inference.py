@@ -35,6 +35,7 @@ from benchmarks.common import (
     tiny_cross_encoder,
     write_json,
 )
+from gumbel_rag.testing import max_relative_error
 
 
 def _have_openvino() -> bool:
@@ -58,6 +59,10 @@ def top_k_agreement(a: list[list[float]], b: list[list[float]], k: int = 5) -> f
 
 def _max_diff(a: list[float], b: list[float]) -> float:
     return max((abs(x - y) for x, y in zip(a, b, strict=True)), default=0.0)
+
+
+def _max_rel_diff(a: list[float], b: list[float]) -> float:
+    return max_relative_error(a, b)
 
 
 def _questions(n: int) -> tuple[list[str], list[list[str]]]:
@@ -117,9 +122,16 @@ def bench_model(
             "stock": lambda q=query, d=docs: stock_scores(q, d),
             "exact": lambda q=query, d=docs: exact.score(q, d),
         }
-        row: dict[str, Any] = {"model": kind, "candidates": n, "exact_max_abs_diff": _max_diff(ref, ours)}
+        row: dict[str, Any] = {
+            "model": kind,
+            "candidates": n,
+            "exact_max_abs_diff": _max_diff(ref, ours),
+            "exact_max_rel_diff": _max_rel_diff(ours, ref),
+        }
         if fast is not None:
-            row["fast_max_abs_diff"] = _max_diff(ref, fast.score(query, docs))
+            fast_scores = fast.score(query, docs)
+            row["fast_max_abs_diff"] = _max_diff(ref, fast_scores)
+            row["fast_max_rel_diff"] = _max_rel_diff(fast_scores, ref)
             fns["fast"] = lambda q=query, d=docs: fast.score(q, d)
         times = interleaved(fns, rounds)
         row["stock_s"] = median(times["stock"])
@@ -137,6 +149,9 @@ def bench_model(
         result["fast_top5_agreement"] = top_k_agreement(exact_dev, fast_dev)
         result["fast_dev_max_abs_diff"] = max(
             _max_diff(a, b) for a, b in zip(exact_dev, fast_dev, strict=True)
+        )
+        result["fast_dev_max_rel_diff"] = max(
+            _max_rel_diff(b, a) for a, b in zip(exact_dev, fast_dev, strict=True)
         )
         result["agreement_questions"] = len(qs)
     if kind == "bi-encoder":
@@ -182,7 +197,10 @@ def bench_cache(
     fns = {"stock": runner("stock", stock_scores)}
     for name, reranker in variants.items():
         fns[name] = runner(name, reranker.score)
-    diff = _max_diff(stock_scores(*workload[0]), cached.score(*workload[0]))
+    reference = stock_scores(*workload[0])
+    cached_scores = cached.score(*workload[0])
+    diff = _max_diff(reference, cached_scores)
+    rel_diff = _max_rel_diff(cached_scores, reference)
     counters = dict.fromkeys(counters, 0)
     times = interleaved(fns, calls)
     out: dict[str, Any] = {
@@ -193,6 +211,7 @@ def bench_cache(
         "cache_bytes": cached.embedding_cache.nbytes if cached.embedding_cache else 0,
         "cache_entries": len(cached.embedding_cache) if cached.embedding_cache else 0,
         "max_abs_diff_vs_stock": diff,
+        "max_rel_diff_vs_stock": rel_diff,
         "stock_s": median(times["stock"]),
     }
     for name in variants:

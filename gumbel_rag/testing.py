@@ -11,12 +11,26 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FLOAT32_RTOL",
     "build_tiny_bi_encoder",
     "build_tiny_cross_encoder",
     "build_tiny_reader",
+    "max_relative_error",
     "save_default_tokenizer",
     "tiny_bert_config",
 ]
+
+# Two float32 computations of the same value in another order (batching, threads, another CPU's SIMD
+# width) agree to a few units in the last place of each operation: 1e-5 relative leaves room for the
+# rounding that accumulates over a transformer forward, and is far below any change that matters.
+FLOAT32_RTOL = 1e-5
+
+
+def max_relative_error(actual: Any, expected: Any) -> float:
+    """Largest ``|a - e| / max(|e|, 1)`` over paired floats: relative for scores of magnitude >= 1, absolute
+    below (so that values near 0 are not held to an impossible relative bound)."""
+    pairs = list(zip(list(actual), list(expected), strict=True))
+    return max((abs(float(a) - float(e)) / max(abs(float(e)), 1.0) for a, e in pairs), default=0.0)
 
 
 def tiny_bert_config(num_labels: int | None = None, *, max_positions: int = 128, **overrides: Any) -> Any:

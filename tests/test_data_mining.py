@@ -44,10 +44,9 @@ def test_bm25_finds_the_right_document() -> None:
     scores = [c.metadata["retrieval_score"] for c in mined[0].candidates]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0
     # Corpus metadata is kept alongside the score, and the corpus itself is not modified.
-    assert mined[1].candidates[1].metadata == {
-        "src": "x",
-        "retrieval_score": pytest.approx(scores[1], abs=10),
-    }
+    kept = mined[1].candidates[1].metadata
+    assert set(kept) == {"src", "retrieval_score"} and kept["src"] == "x"
+    assert isinstance(kept["retrieval_score"], float) and kept["retrieval_score"] >= 0.0
     assert "retrieval_score" not in CORPUS[3].metadata
 
 

@@ -65,7 +65,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
     # (float32 all-reduce of two half-batch means vs one mean: tolerance 1e-5, measured ~6e-7).
     assert max((single[k] - start[k]).abs().max().item() for k in single) > 1e-4
     for key in single:
-        torch.testing.assert_close(rank0[key], single[key], atol=1e-5, rtol=0)
+        torch.testing.assert_close(rank0[key], single[key], atol=1e-5, rtol=1e-5)
 
     # The evaluation split across the 2 processes and gathered equals the single-process one.
     one, two = _dev_rows(tmp_path / "one"), _dev_rows(tmp_path / "two")
@@ -163,7 +163,7 @@ def test_shipped_sharded_configs_train_like_one_process(
     sharded = load_file(str(tmp_path / "model.safetensors"))
     assert sharded.keys() == single.keys()
     for key in single:
-        torch.testing.assert_close(sharded[key], single[key], atol=2e-5, rtol=0)
+        torch.testing.assert_close(sharded[key], single[key], atol=2e-5, rtol=1e-5)
     GumbelReranker.from_pretrained(tmp_path, device="cpu")
     # Evaluation gathered the sharded weights and still split the dev set (4 + 3 of 7 questions).
     assert _dev_rows(tmp_path) == _dev_rows(one_process_run)

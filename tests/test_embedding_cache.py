@@ -9,6 +9,7 @@ import torch
 
 from gumbel_rag import GumbelReranker
 from gumbel_rag.embedding_cache import EmbeddingCache, entry_bytes
+from gumbel_rag.testing import max_relative_error
 
 
 def _emb(i: int, dim: int = 4) -> torch.Tensor:
@@ -123,14 +124,14 @@ def test_cache_hits_return_identical_scores(tiny_bi_encoder_dir) -> None:
     second = cached.score("capital of France", DOCS)
     assert cache.hits == len(DOCS)
     assert second == first
-    assert max(abs(a - b) for a, b in zip(first, expected, strict=True)) < 1e-5
+    assert max_relative_error(first, expected) < 1e-5
     # Mixed hits and misses, repeated documents and several queries in one batch.
     batch = [[*DOCS[:2], "A new document about Rome."], [DOCS[3], DOCS[3], "Another new one."]]
     got = cached.score_batch(["q one", "q two"], batch)
     want = plain.score_batch(["q one", "q two"], batch)
     assert got[1][0] == got[1][1]
     for g, w in zip(got, want, strict=True):
-        assert max(abs(a - b) for a, b in zip(g, w, strict=True)) < 1e-5
+        assert max_relative_error(g, w) < 1e-5
 
 
 def test_cache_is_bounded_inside_the_reranker(tiny_bi_encoder_dir) -> None:
@@ -151,7 +152,7 @@ def test_training_step_invalidates_cached_embeddings(tiny_bi_encoder_dir) -> Non
     after = cached.score("capital of France", DOCS)
     fresh = GumbelReranker(cached.model, temperature=cached.temperature).eval()
     assert after != before
-    assert max(abs(a - b) for a, b in zip(after, fresh.score("capital of France", DOCS), strict=True)) < 1e-5
+    assert max_relative_error(after, fresh.score("capital of France", DOCS)) < 1e-5
 
 
 def test_cross_encoders_refuse_a_cache(tiny_cross_encoder_dir) -> None:

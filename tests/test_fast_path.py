@@ -10,6 +10,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from gumbel_rag import GumbelReranker
 from gumbel_rag.reranker import _length_buckets
+from gumbel_rag.testing import max_relative_error
 
 QUERY = "Which city is the capital of France?"
 DOCS = [
@@ -24,7 +25,7 @@ DOCS = [
 
 
 def _max_diff(a: list[float], b: list[float]) -> float:
-    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+    return max_relative_error(a, b)
 
 
 @pytest.mark.parametrize("batch_size", [32, 2])

@@ -65,4 +65,4 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_bi_encoder_dir, tiny_rea
     assert "12 steps" in resumed.stdout
     a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)

@@ -25,7 +25,7 @@ def test_eight_threads_match_serial_calls(reranker: GumbelReranker) -> None:
         threaded = list(pool.map(reranker.rerank, QUERIES, DOCS))
     for a, b in zip(serial, threaded, strict=True):
         assert [r.index for r in a] == [r.index for r in b]
-        assert [r.score for r in a] == pytest.approx([r.score for r in b], abs=1e-5)
+        assert [r.score for r in a] == pytest.approx([r.score for r in b], rel=1e-5, abs=1e-5)
 
 
 def test_asyncio_tasks_match_serial_calls(reranker: GumbelReranker) -> None:
@@ -38,4 +38,4 @@ def test_asyncio_tasks_match_serial_calls(reranker: GumbelReranker) -> None:
 
     concurrent = asyncio.run(run_all())
     for a, b in zip(serial, concurrent, strict=True):
-        assert a == pytest.approx(b, abs=1e-5)
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-5)

@@ -102,7 +102,7 @@ def test_cached_scores_equal_the_uncached_ones(tiny_bi_encoder_dir: Path, corpus
     assert cached.reranker.embedding_cache is not None and cached.reranker.embedding_cache.hits == len(corpus)
     assert got.keys() == expected.keys()
     for doc_id, score in expected.items():
-        assert got[doc_id] == pytest.approx(score, abs=1e-5)
+        assert got[doc_id] == pytest.approx(score, rel=1e-5, abs=1e-5)
 
 
 def test_cache_max_bytes_bounds_the_cache(tiny_bi_encoder_dir: Path, corpus: list[Document]) -> None:
@@ -159,7 +159,7 @@ def test_cached_compressor_can_be_deep_copied(tiny_bi_encoder_dir: Path, corpus:
     got = scores_by_id(list(clone.compress_documents(corpus, QUERY)))
     assert clone.reranker is not original and clone.reranker.embedding_cache is not original.embedding_cache
     for doc_id, score in expected.items():
-        assert got[doc_id] == pytest.approx(score, abs=1e-5)
+        assert got[doc_id] == pytest.approx(score, rel=1e-5, abs=1e-5)
 
 
 # ---------------------------------------------------------------- OpenVINO backend
@@ -179,7 +179,7 @@ def test_openvino_scores_match_torch(tiny_bi_encoder_dir: Path, corpus: list[Doc
     # The order is only meaningful if the exact scores are further apart than the tolerance.
     assert min(a - b for a, b in itertools.pairwise(want)) > 1e-3
     assert [d.id for d in got] == [d.id for d in expected]
-    assert [d.metadata["relevance_score"] for d in got] == pytest.approx(want, abs=1e-4)
+    assert [d.metadata["relevance_score"] for d in got] == pytest.approx(want, rel=1e-5, abs=1e-4)
     assert_documents_kept(got, corpus)
 
 
@@ -198,7 +198,7 @@ def test_openvino_with_the_cache(tiny_bi_encoder_dir: Path, corpus: list[Documen
     assert scores_by_id(second) == scores_by_id(first)
     assert [d.id for d in second] == [d.id for d in expected]
     for doc_id, score in scores_by_id(expected).items():
-        assert scores_by_id(second)[doc_id] == pytest.approx(score, abs=1e-4)
+        assert scores_by_id(second)[doc_id] == pytest.approx(score, rel=1e-5, abs=1e-4)
 
 
 def test_changing_backend_reloads(tiny_bi_encoder_dir: Path, corpus: list[Document]) -> None:
@@ -212,7 +212,7 @@ def test_changing_backend_reloads(tiny_bi_encoder_dir: Path, corpus: list[Docume
     assert rerank.reranker is fast  # loaded once
     got = scores_by_id(list(rerank.compress_documents(corpus, QUERY)))
     for doc_id, score in expected.items():
-        assert got[doc_id] == pytest.approx(score, abs=1e-4)
+        assert got[doc_id] == pytest.approx(score, rel=1e-5, abs=1e-4)
     rerank.backend = "torch"
     assert rerank.reranker is not fast and rerank.reranker.backend == "torch"
 
@@ -225,4 +225,4 @@ def test_openvino_compressor_can_be_deep_copied(tiny_bi_encoder_dir: Path, corpu
     got = scores_by_id(list(clone.compress_documents(corpus, QUERY)))
     assert clone.reranker.backend == "openvino" and clone.reranker is not rerank.reranker
     for doc_id, score in expected.items():
-        assert got[doc_id] == pytest.approx(score, abs=1e-5)
+        assert got[doc_id] == pytest.approx(score, rel=1e-5, abs=1e-5)

@@ -98,5 +98,5 @@ def test_documents_in_documents_out(
         original = docs[_index(doc)]
         assert doc.page_content == original.page_content
         assert {k: v for k, v in doc.metadata.items() if k != "relevance_score"} == original.metadata
-        assert doc.metadata["relevance_score"] == pytest.approx(scores[_index(doc)], abs=1e-4)
+        assert doc.metadata["relevance_score"] == pytest.approx(scores[_index(doc)], rel=1e-5, abs=1e-4)
     assert [doc.model_dump() for doc in docs] == snapshot

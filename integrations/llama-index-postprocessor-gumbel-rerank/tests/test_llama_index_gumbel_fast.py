@@ -55,7 +55,7 @@ def check_scores_match(out: list[NodeWithScore], reference: list[NodeWithScore])
     """Every node's score in ``out`` is within 1e-4 of its score in ``reference``."""
     expected = scores_by_id(reference)
     for node_id, score in scores_by_id(out).items():
-        assert score == pytest.approx(expected[node_id], abs=1e-4)
+        assert score == pytest.approx(expected[node_id], rel=1e-5, abs=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +126,11 @@ def test_cache_serves_the_second_call_with_identical_scores(
     assert [i.node.node_id for i in second] == [i.node.node_id for i in first]
     # Documents come back bit for bit from the cache; the query is embedded again, in a batch of a
     # different shape than on the first call, so scores may move by float rounding only.
-    assert [i.score for i in second] == pytest.approx([i.score for i in first], abs=1e-5)
+    assert [i.score for i in second] == pytest.approx([i.score for i in first], rel=1e-5, abs=1e-5)
     # The cache changes where embeddings come from, not the scores.
     exact = scores_by_id(torch_out)
     for node_id, score in scores_by_id(second).items():
-        assert score == pytest.approx(exact[node_id], abs=1e-4)
+        assert score == pytest.approx(exact[node_id], rel=1e-5, abs=1e-4)
 
 
 def test_cache_byte_bound_is_respected(tiny_bi_encoder_dir: Path) -> None:
@@ -151,7 +151,7 @@ def test_async_path_uses_the_same_cache(tiny_bi_encoder_dir: Path) -> None:
     out = asyncio.run(rerank.apostprocess_nodes(make_nodes(), query_str=QUERY))
     assert cache.hits == hits + distinct_texts(make_nodes())
     check_every_node_returned(out, make_nodes())
-    assert scores_by_id(out) == pytest.approx(scores_by_id(sync), abs=1e-5)
+    assert scores_by_id(out) == pytest.approx(scores_by_id(sync), rel=1e-5, abs=1e-5)
 
 
 # ---------------------------------------------------------------- OpenVINO backend
@@ -194,7 +194,7 @@ def test_openvino_with_cache(tiny_bi_encoder_dir: Path, torch_out: list[NodeWith
     cache = rerank.reranker.embedding_cache
     assert rerank.reranker.backend == "openvino" and cache is not None
     assert cache.hits == distinct_texts(make_nodes())
-    assert scores_by_id(second) == pytest.approx(scores_by_id(first), abs=1e-5)
+    assert scores_by_id(second) == pytest.approx(scores_by_id(first), rel=1e-5, abs=1e-5)
     check_scores_match(second, torch_out)
 
 

@@ -179,7 +179,7 @@ def test_empty_text_nodes_are_scored_as_empty_text(tiny_rerank: GumbelRerank) ->
     assert set(by_id) == {"empty", "full", "doc-empty", "blank"}  # nothing dropped
     empty_score = tiny_rerank.reranker.score("query", [""])[0]
     for node_id in ("empty", "doc-empty", "blank"):
-        assert by_id[node_id].score == pytest.approx(empty_score, abs=1e-4)
+        assert by_id[node_id].score == pytest.approx(empty_score, rel=1e-5, abs=1e-4)
     assert by_id["empty"].node.metadata == {"title": "Orphan"}
 
 
@@ -225,7 +225,7 @@ def test_metadata_mode_decides_what_is_scored(tiny_rerank: GumbelRerank) -> None
     assert node_text(node, MetadataMode.NONE) == "body"
     none_mode = tiny_rerank.model_copy(update={"metadata_mode": MetadataMode.NONE})
     [scored] = none_mode.postprocess_nodes([NodeWithScore(node=node, score=1.0)], query_str="q")
-    assert scored.score == pytest.approx(tiny_rerank.reranker.score("q", ["body"])[0], abs=1e-4)
+    assert scored.score == pytest.approx(tiny_rerank.reranker.score("q", ["body"])[0], rel=1e-5, abs=1e-4)
 
 
 # ---------------------------------------------------------------- real pipelines, real default model
@@ -249,7 +249,7 @@ def test_query_engine_returns_reranked_source_nodes(
         assert sources[0].score > sources[1].score
         # the score is the reranker's, not the retriever's cosine similarity
         assert sources[0].score == pytest.approx(
-            rerank.reranker.score(query, [node_text(sources[0].node)])[0], abs=1e-3
+            rerank.reranker.score(query, [node_text(sources[0].node)])[0], rel=1e-5, abs=1e-3
         )
         for s in sources:
             assert s.node.metadata == by_id[s.node.ref_doc_id].metadata
