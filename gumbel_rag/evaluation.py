@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import string
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -12,6 +10,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from gumbel_rag.data import QAExample
+from gumbel_rag.data.answers import answer_in_text, normalize_answer
 from gumbel_rag.metrics import mean_metrics, ranking_metrics, recall_at_k
 from gumbel_rag.reranker import GumbelReranker
 
@@ -25,14 +24,6 @@ __all__ = [
     "normalize_answer",
     "rank_examples",
 ]
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD/HotpotQA answer normalisation: lower case, no punctuation, articles or extra spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
 
 
 def answer_exact_match(prediction: str, answers: Sequence[str]) -> float:
@@ -57,13 +48,10 @@ def answer_f1(prediction: str, answers: Sequence[str]) -> float:
 
 
 def indirect_gold(example: QAExample) -> list[int]:
-    """Gold candidates that do not contain any normalised answer (needed only for the reasoning)."""
-    answers = [normalize_answer(a) for a in example.answers if normalize_answer(a)]
-    return [
-        i
-        for i in example.gold or []
-        if not any(a in normalize_answer(example.candidates[i].content) for a in answers)
-    ]
+    """Gold candidates that do not contain the answer (:func:`~gumbel_rag.data.answers.answer_in_text`):
+    needed only for the reasoning."""
+    texts = example.candidates
+    return [i for i in example.gold or [] if not answer_in_text(example.answers, texts[i].content)]
 
 
 def rank_examples(

@@ -20,7 +20,8 @@ from gumbel_rag.data import (
     mine_candidates,
     mine_file,
 )
-from gumbel_rag.data.mining import answer_in_text
+from gumbel_rag.data.answers import answer_in_text
+from gumbel_rag.evaluation import indirect_gold
 
 CORPUS = [
     Candidate("Velmora Tarrin founded the company Quessly Works.", id="d0", title="Velmora Tarrin"),
@@ -248,3 +249,21 @@ def test_cli_mine_dense_with_an_encoder_directory(tiny_bi_encoder_dir: Path, tmp
     ]
     with pytest.raises(SystemExit, match="--encoder needs --retriever dense"):
         cli.main([*common, "--encoder", str(tiny_bi_encoder_dir)])
+
+
+def test_mining_and_evaluation_share_one_answer_rule() -> None:
+    # A document mining labels as holding the answer is never "indirectly relevant" in evaluation.
+    cases = [
+        (["Nelson Rockefeller"], "Nelson Rockefeller's brother ran the bank."),
+        (["US"], "He served in the U.S. Army."),
+        (["19th century"], "A 19th-century building."),
+        (["no"], "Nobody knows; no."),
+        (["Lee"], "Leeds is a city."),
+    ]
+    for answers, text in cases:
+        example = QAExample(question="q", answers=answers, candidates=[Candidate(text=text)], gold=[0])
+        assert (indirect_gold(example) == []) == answer_in_text(answers, text)
+    assert answer_in_text(["Nelson Rockefeller"], cases[0][1]) and answer_in_text(["US"], cases[1][1])
+    assert not answer_in_text(["no"], cases[3][1]) and indirect_gold(
+        QAExample(question="q", answers=["no"], candidates=[Candidate(text="no")], gold=[0])
+    ) == [0]

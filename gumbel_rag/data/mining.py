@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-import string
 from collections.abc import Callable, Sequence
 from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from gumbel_rag.data.answers import answer_in_text
 from gumbel_rag.data.formats import load_examples, write_qalog
 from gumbel_rag.data.formats.qalog import fail, parse_candidate, read_rows
 from gumbel_rag.data.schema import Candidate, DataError, LoadSummary, QAExample
@@ -17,7 +16,7 @@ from gumbel_rag.data.schema import Candidate, DataError, LoadSummary, QAExample
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Encoder", "Retriever", "answer_in_text", "load_corpus", "mine_candidates", "mine_file"]
+__all__ = ["Encoder", "Retriever", "load_corpus", "mine_candidates", "mine_file"]
 
 # A user retriever maps (query, top_n) to corpus indices, Candidates or plain strings, best first.
 RetrieverFn = Callable[[str, int], Sequence["int | Candidate | str"]]
@@ -65,26 +64,6 @@ def _txt_corpus(p: Path, name: str) -> list[Candidate]:
         if text:
             corpus.append(Candidate(text=text))
     return corpus
-
-
-# ----------------------------------------------------------------------------- answer matching
-
-
-def _normalise(text: str) -> str:
-    # SQuAD-style: case, punctuation and articles do not decide whether a document holds the answer.
-    text = text.lower().translate(str.maketrans(string.punctuation, " " * len(string.punctuation)))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def answer_in_text(answers: Sequence[str], text: str) -> bool:
-    """Whether an answer occurs in ``text`` as whole words, SQuAD-normalised ("yes"/"no" never count)."""
-    haystack = f" {_normalise(text)} "
-    for answer in answers:
-        needle = _normalise(answer)
-        if needle and needle not in ("yes", "no") and f" {needle} " in haystack:
-            return True
-    return False
 
 
 # ----------------------------------------------------------------------------- retrievers
