@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from gumbel_rag.errors import GumbelRagError
+
 __all__ = ["Candidate", "DataError", "LoadSummary", "QAExample"]
 
 
@@ -61,7 +63,7 @@ class QAExample:
         return [self.candidates[i] for i in self.gold or []]
 
 
-class DataError(ValueError):
+class DataError(GumbelRagError, ValueError):
     """A bad input, located: ``str(err)`` reads ``"data.jsonl:17: field 'answer': expected ..."``."""
 
     def __init__(
