@@ -7,6 +7,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +33,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
 
 
@@ -64,35 +79,81 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from gumbel_rag.defaults import METHODS
+# Loss hyperparameters: the loss option -> its CLI flag. Their defaults live in gumbel_rag.defaults (shown in
+# --help); an option is passed to the loss only when given, so a flag that does not apply to the chosen
+# --method is an error rather than silently ignored.
+LOSS_FLAGS = {
+    "k": "--k",
+    "kappa": "--kappa",
+    "tau": "--tau",
+    "noise": "--no-noise",
+    "temperature": "--temperature",
+    "teacher_temperature": "--teacher-temperature",
+}
+# The main job's G-Rerank options where --k/--kappa/--tau are not given: the reader sees 2 documents (each
+# generated question has 2 gold) and the scores go in unscaled with a sharper mask (docs/training.md, "The
+# main job").
+DEMO_LOSS_OPTIONS = {"k": 2, "kappa": 1.0, "tau": 0.5}
+
+
+def _add_train_args(p: argparse.ArgumentParser, loss_defaults: dict[str, Any] | None = None) -> None:
+    from gumbel_rag import defaults
+
+    shown = {
+        "k": defaults.DEFAULT_K,
+        "kappa": defaults.DEFAULT_KAPPA,
+        "tau": defaults.DEFAULT_TAU,
+        "temperature": defaults.DEFAULT_TEMPERATURE,
+        "teacher_temperature": defaults.DEFAULT_TEACHER_TEMPERATURE,
+        **(loss_defaults or {}),
+    }
 
     p.add_argument(
         "--method",
-        choices=METHODS,
+        choices=defaults.METHODS,
         default="gumbel",
         help="training loss: gumbel (G-Rerank), the distillation baselines emdr, pdist, loop, adist, or "
         "supervised (listwise loss on gold labels; needs labelled rows, no reader)",
     )
     p.add_argument("--reader", default=None, help="reader LLM name or path (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--k", type=_positive_int, default=5, help="documents the reader sees (relaxed top-k)")
-    p.add_argument("--kappa", type=float, default=0.25, help="scale of the reranker scores before the noise")
-    p.add_argument("--tau", type=float, default=1.0, help="temperature of the relaxed top-k")
-    p.add_argument("--no-noise", action="store_true", help="ablation: no Gumbel noise")
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=1.0,
-        help="baselines: temperature T of the reranker's distribution softmax(w / T)",
+    loss = p.add_argument_group("loss options (each applies to the methods named)")
+    loss.add_argument(
+        "--k",
+        type=_positive_int,
+        default=None,
+        help=f"gumbel: documents the reader sees (relaxed top-k) (default: {shown['k']})",
     )
-    p.add_argument(
+    loss.add_argument(
+        "--kappa",
+        type=_finite_float,
+        default=None,
+        help=f"gumbel: scale of the reranker scores before the noise (default: {shown['kappa']})",
+    )
+    loss.add_argument(
+        "--tau",
+        type=_positive_float,
+        default=None,
+        help=f"gumbel: temperature of the relaxed top-k (default: {shown['tau']})",
+    )
+    loss.add_argument("--no-noise", action="store_true", help="gumbel ablation: no Gumbel noise")
+    loss.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=None,
+        help="emdr, pdist, loop, adist, supervised: temperature T of the reranker's distribution "
+        f"softmax(w / T) (default: {shown['temperature']})",
+    )
+    loss.add_argument(
         "--teacher-temperature",
-        type=float,
-        default=1.0,
-        help="pdist/loop/adist: temperature T' of the teacher distribution",
+        type=_positive_float,
+        default=None,
+        help=f"pdist, loop, adist: temperature T' of the teacher distribution "
+        f"(default: {shown['teacher_temperature']})",
     )
     p.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training data")
-    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (linear warm-up and decay)")
+    p.add_argument(
+        "--lr", type=_positive_float, default=2e-5, help="peak learning rate (linear warm-up and decay)"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per micro-batch")
     p.add_argument("--grad-accum", type=_positive_int, default=4, help="micro-batches per optimizer step")
     p.add_argument(
@@ -235,11 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("outputs/demo"), help="where the model and logs go")
     p.add_argument("--train-size", type=_positive_int, default=160, help="generated training questions")
     p.add_argument("--dev-size", type=_positive_int, default=60, help="generated held-out questions")
-    _add_train_args(p)
+    _add_train_args(p, DEMO_LOSS_OPTIONS)
     _add_model_args(p)
     # A gentler rate than `train`: on the generated data the reader rewards every answer-type passage,
     # and a faster run trades the entity passage in the top 2 for them (docs/training.md, "The main job").
-    p.set_defaults(k=2, kappa=1.0, tau=0.5, epochs=1, lr=5e-6, eval_every=10, save_every=20)
+    p.set_defaults(epochs=1, lr=5e-6, eval_every=10, save_every=20)
     return parser
 
 
@@ -295,18 +356,35 @@ def _load(paths: Sequence[Path], fmt: str, skip_invalid: bool) -> tuple[list, An
         raise SystemExit(f"error: {exc}\n(use --skip-invalid to skip invalid rows)") from exc
 
 
+def _loss_options(args: argparse.Namespace, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The loss options the user gave (over ``fallback``), refusing flags that do not apply to --method."""
+    from gumbel_rag.errors import ConfigError
+    from gumbel_rag.losses import loss_options
+
+    accepted = loss_options(args.method)
+    given = {name: getattr(args, name) for name in LOSS_FLAGS if getattr(args, name, None) is not None}
+    given.pop("noise", None)
+    if getattr(args, "no_noise", False):
+        given["noise"] = False
+    wrong = [LOSS_FLAGS[name] for name in given if name not in accepted]
+    if wrong:
+        takes = ", ".join(LOSS_FLAGS[n] for n in accepted if n in LOSS_FLAGS) or "no loss options"
+        raise ConfigError(f"{', '.join(wrong)} does not apply to --method {args.method} (it takes {takes})")
+    return {**{k: v for k, v in (fallback or {}).items() if k in accepted}, **given}
+
+
+def _build_loss(args: argparse.Namespace, reader: Any, fallback: dict[str, Any] | None = None) -> Any:
+    """The training loss of --method with the loss options given on the command line."""
+    from gumbel_rag.losses import build_loss
+
+    return build_loss(args.method, reader, **_loss_options(args, fallback))
+
+
 def _train_config(args: argparse.Namespace, output: Path, resume: bool) -> Any:
     from gumbel_rag.trainer import TrainConfig
 
     return TrainConfig(
         output_dir=str(output),
-        method=args.method,
-        k=args.k,
-        kappa=args.kappa,
-        tau=args.tau,
-        noise=not args.no_noise,
-        temperature=args.temperature,
-        teacher_temperature=args.teacher_temperature,
         learning_rate=args.lr,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -351,19 +429,20 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gumbel_rag.data import filter_trainable
-    from gumbel_rag.trainer import train
+    from gumbel_rag.trainer import train, trainable_examples
 
+    _loss_options(args)  # a flag that does not apply to --method fails before anything is loaded
     examples, summary = _load(args.data, args.format, args.skip_invalid)
     print(f"loaded {summary}")
-    examples, usable = filter_trainable(examples, args.k)
-    print(f"trainable with k={args.k}: {usable}")
     dev = None
     if args.dev is not None:
         dev, dev_summary = _load([args.dev], args.format, args.skip_invalid)
         print(f"dev: {dev_summary}")
     reranker, reader = _load_models(args, args.reranker)
-    result = train(reranker, reader, examples, _train_config(args, args.output, args.resume), dev)
+    loss = _build_loss(args, reader)
+    examples, usable = trainable_examples(loss, examples)
+    print(f"trainable with {loss.method} ({loss.extra_repr() or 'no options'}): {usable}")
+    result = train(reranker, loss, examples, _train_config(args, args.output, args.resume), dev)
     if result.initial_metrics:
         _print_metrics("dev before", result.initial_metrics)
     if result.final_metrics:
@@ -445,9 +524,15 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gumbel_rag.demo import run_demo
+    from gumbel_rag.demo import make_demo_data, run_demo
 
-    return run_demo(args)
+    _loss_options(args, DEMO_LOSS_OPTIONS)
+    train_set, dev_set = make_demo_data(args.output, args.train_size, args.dev_size, seed=args.seed)
+    print("loading the default reranker (all-MiniLM-L6-v2) and reader (SmolLM2-135M-Instruct) ...")
+    reranker, reader = _load_models(args, None)
+    loss = _build_loss(args, reader, DEMO_LOSS_OPTIONS)
+    config = _train_config(args, args.output / "model", resume=False)
+    return run_demo(reranker, loss, config, train_set, dev_set, ks=tuple(args.eval_k), output=args.output)
 
 
 COMMANDS = {
@@ -461,10 +546,16 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gumbel-rag`` console script."""
+    from gumbel_rag.errors import GumbelRagError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
-    code = COMMANDS[args.command](args)
+    try:
+        code = COMMANDS[args.command](args)
+    except GumbelRagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command in ("train", "demo"):
         print(f"done in {time.perf_counter() - start:.0f} s")
     return code

@@ -5,11 +5,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["METHODS", "cache_dir", "default_reranker_path"]
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_KAPPA",
+    "DEFAULT_TAU",
+    "DEFAULT_TEACHER_TEMPERATURE",
+    "DEFAULT_TEMPERATURE",
+    "METHODS",
+    "cache_dir",
+    "default_reranker_path",
+]
 
 # Training methods: gumbel is G-Rerank; emdr/pdist/loop/adist distil a reader signal; supervised needs gold.
 # Kept here, free of torch, so that `gumbel-rag --help` stays fast.
 METHODS = ("gumbel", "emdr", "pdist", "loop", "adist", "supervised")
+
+# The loss hyperparameters' defaults, defined once: the losses, the public relaxed top-k functions, the
+# command line and the recipes all read them from here.
+DEFAULT_K = 5  # documents the reader sees (relaxed top-k)
+# kappa 0.25 and tau 1.0 were chosen on a split of the HotpotQA *training* data (docs/training.md): with
+# the bi-encoder's scores (cos / 0.05) the mask stays soft enough for gradient to reach beyond the top k.
+DEFAULT_KAPPA = 0.25  # scale of the reranker scores before the Gumbel noise
+DEFAULT_TAU = 1.0  # temperature of the relaxed top-k
+DEFAULT_TEMPERATURE = 1.0  # baselines and supervised: temperature T of p_theta = softmax(w / T)
+DEFAULT_TEACHER_TEMPERATURE = 1.0  # pdist/loop/adist: temperature T' of the teacher distribution
 
 
 def cache_dir() -> Path:

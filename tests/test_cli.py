@@ -113,7 +113,7 @@ def test_train_supervised_needs_no_reader_and_pdist_trains(
     examples = generate_multihop(8, seed=6, n_candidates=4)
     write_qalog(examples, tmp_path / "train.jsonl")
     common = [
-        "train", "--data", str(tmp_path / "train.jsonl"), "--reranker", str(tiny_bi_encoder_dir), "--k", "2",
+        "train", "--data", str(tmp_path / "train.jsonl"), "--reranker", str(tiny_bi_encoder_dir),
         "--batch-size", "2", "--grad-accum", "2", "--max-document-tokens", "16", "--lr", "1e-3",
         "--no-progress", "--mixed-precision", "no",
     ]  # fmt: skip
@@ -123,12 +123,21 @@ def test_train_supervised_needs_no_reader_and_pdist_trains(
         main([*common, "--method", "supervised", "--reader", str(tmp_path / "nope"), "--output", str(sup)])
         == 0
     )
-    assert json.loads((sup / "logs" / "train_config.json").read_text())["method"] == "supervised"
+    assert json.loads((sup / "logs" / "train_config.json").read_text())["loss"] == {
+        "method": "supervised",
+        "temperature": 1.0,
+    }
     pdist = tmp_path / "pdist"
     assert main([*common, "--method", "pdist", "--reader", str(tiny_reader_dir), "--output", str(pdist)]) == 0
     assert "2 steps (0 skipped)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*common, "--method", "nope", "--output", str(tmp_path / "x")])
+    # A loss option that does not apply to the method is refused before anything is loaded.
+    capsys.readouterr()
+    assert main([*common, "--method", "supervised", "--k", "2", "--output", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --k does not apply to --method supervised (it takes --temperature)\n"
+    assert not (tmp_path / "y").exists()
 
 
 def test_eval_answers_reports_em_and_f1(tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, capsys) -> None:

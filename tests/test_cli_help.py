@@ -58,7 +58,8 @@ def test_help_shows_defaults() -> None:
     assert "(default: None)" not in train and "(default: False)" not in train
     # The demo's own defaults, not train's.
     assert re.search(
-        r"--k K\s+documents the reader sees \(relaxed top-k\) \(default: 2\)", COMMANDS["demo"].format_help()
+        r"--k K\s+gumbel: documents the reader sees \(relaxed top-k\)\s+\(default: 2\)",
+        COMMANDS["demo"].format_help(),
     )
 
 

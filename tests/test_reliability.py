@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gumbel_rag import GumbelReranker
+from gumbel_rag.checkpoints import list_checkpoints
 from gumbel_rag.data import generate_multihop, load_examples
+from gumbel_rag.losses import GumbelRerankLoss
 from gumbel_rag.readers import load_reader
-from gumbel_rag.trainer import TrainConfig, _checkpoints, train
+from gumbel_rag.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +65,15 @@ def test_resume_ignores_a_half_written_checkpoint(
 ) -> None:
     reader = load_reader(str(tiny_reader_dir), device="cpu", max_document_tokens=16)
     examples = generate_multihop(6, seed=4, n_candidates=4)
-    config = dict(output_dir=str(tmp_path), k=2, gradient_accumulation_steps=1, save_every=1,
+    config = dict(output_dir=str(tmp_path), gradient_accumulation_steps=1, save_every=1,
                   mixed_precision="no", progress=False, max_steps=3)  # fmt: skip
-    train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), reader, examples, TrainConfig(**config))
+    loss = GumbelRerankLoss(reader, k=2)
+    train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), loss, examples, TrainConfig(**config))
     # What a kill during a checkpoint write leaves: a temporary directory with partial files.
     stale = tmp_path / "checkpoints" / ".tmp-step-99"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"\x00" * 10)
-    assert [p.name for p in _checkpoints(tmp_path / "checkpoints")] == ["step-2", "step-3"]
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-2", "step-3"]
     config["max_steps"] = 5
     fresh = GumbelReranker.from_pretrained(tiny_bi_encoder_dir)
     loads: list[object] = []
@@ -81,7 +84,7 @@ def test_resume_ignores_a_half_written_checkpoint(
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    result = train(fresh, reader, examples, TrainConfig(**config, resume=True))
+    result = train(fresh, loss, examples, TrainConfig(**config, resume=True))
     assert result.steps == 5
     # Resuming reads the optimizer and RNG states, and never unpickles arbitrary objects.
     assert loads and all(flag is True for flag in loads)
