@@ -232,7 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reranker", default=None, help="reranker to start from (default: all-MiniLM-L6-v2)")
     p.add_argument("--output", required=True, type=Path, help="directory for the model, logs and checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its newest complete checkpoint (refused if the run was "
+        "started with other settings, loss, reader, starting model or data)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's model, checkpoints and logs in --output (refused without it)",
+    )
+    p.add_argument(
+        "--allow-changed-settings",
+        action="store_true",
+        help="with --resume: continue even though the settings differ from the checkpoint's (warns)",
+    )
     _add_train_args(p)
     _add_model_args(p)
 
@@ -395,6 +410,8 @@ def _train_config(args: argparse.Namespace, output: Path, resume: bool) -> Any:
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         resume=resume,
+        overwrite=getattr(args, "overwrite", False),
+        allow_changed_settings=getattr(args, "allow_changed_settings", False),
         max_steps=args.max_steps,
         progress=not args.no_progress,
     )
@@ -532,6 +549,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     reranker, reader = _load_models(args, None)
     loss = _build_loss(args, reader, DEMO_LOSS_OPTIONS)
     config = _train_config(args, args.output / "model", resume=False)
+    config.overwrite = True  # the main job regenerates its data, so it replaces its earlier model too
     return run_demo(reranker, loss, config, train_set, dev_set, ks=tuple(args.eval_k), output=args.output)
 
 

@@ -23,10 +23,12 @@ __all__ = [
     "configure_deepspeed",
     "full_parameters",
     "grads_finite",
+    "mixed_precision",
     "on_every_rank",
     "save_model",
     "shards_weights",
     "unsharded_template",
+    "weights_finite",
 ]
 
 
@@ -45,6 +47,12 @@ def grads_finite(model: torch.nn.Module) -> bool:
     # FSDP2 gradients are DTensors: check this process's shard.
     grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
     return all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether this process's weights (its shards, under FSDP) are all finite."""
+    params = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    return all(bool(torch.isfinite(p).all()) for p in params)
 
 
 def on_every_rank(accelerator: Accelerator, ok: bool) -> bool:

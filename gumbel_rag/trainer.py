@@ -24,7 +24,7 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,21 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from gumbel_rag.checkpoints import LoopState, NoiseState, list_checkpoints, load_checkpoint, save_checkpoint
+from gumbel_rag.checkpoints import (
+    LoopState,
+    NoiseState,
+    clear_run_artifacts,
+    data_fingerprint,
+    identity_differences,
+    load_checkpoint,
+    newest_complete,
+    run_artifacts,
+    save_checkpoint,
+    saved_identity,
+    weights_fingerprint,
+)
 from gumbel_rag.data import LoadSummary, QAExample
+from gumbel_rag.data.files import atomic_write_text
 from gumbel_rag.distributed import (
     configure_deepspeed,
     full_parameters,
@@ -44,8 +57,9 @@ from gumbel_rag.distributed import (
     on_every_rank,
     save_model,
     unsharded_template,
+    weights_finite,
 )
-from gumbel_rag.errors import TrainingError
+from gumbel_rag.errors import ConfigError, TrainingError
 from gumbel_rag.evaluation import evaluate_reranker
 from gumbel_rag.losses.base import RerankLoss, candidate_texts
 from gumbel_rag.plotting import plot_curves
@@ -56,9 +70,35 @@ __all__ = ["TrainConfig", "TrainResult", "train", "trainable_examples"]
 logger = logging.getLogger(__name__)
 
 
+# Candidates per training question beyond which the later ones (in retrieval order) are cut: the reader's
+# document pass grows with them (1,000 candidates took 9.2 GB for one step at 32 document tokens).
+DEFAULT_MAX_CANDIDATES = 100
+
+# The TrainConfig fields that decide a run's trajectory (part of its identity: resuming with another value
+# is refused); the others (intervals, logging, resume itself) may change between sittings.
+TRAJECTORY_FIELDS = (
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "max_steps",
+    "max_candidates",
+)
+
+
 @dataclass
 class TrainConfig:
-    """Settings of the loop (optimisation, schedule, logging, checkpoints); the method is the loss's."""
+    """Settings of the loop (optimisation, schedule, logging, checkpoints); the method is the loss's.
+
+    ``output_dir`` must not hold an earlier run's model, checkpoints or logs unless ``resume`` (continue
+    that run, which must have been started with the same trajectory settings, loss, reader, starting
+    weights and data) or ``overwrite`` (replace it). ``allow_changed_settings`` resumes a run whose
+    settings differ, with a warning listing them.
+    """
 
     output_dir: str
     learning_rate: float = 2e-5
@@ -75,20 +115,46 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "auto"
     resume: bool = False
+    overwrite: bool = False
+    allow_changed_settings: bool = False
     max_steps: int | None = None
+    max_candidates: int | None = DEFAULT_MAX_CANDIDATES
     nonfinite: str = "skip"
     progress: bool = True
 
     def __post_init__(self) -> None:
-        """Reject settings that cannot train."""
+        """Reject settings that cannot train, naming the field (every number must be finite)."""
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "eval_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be > 0")
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("save_total_limit", self.save_total_limit, minimum=1)
+        for name in ("max_steps", "max_candidates"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        # Above 1 AdamW's first step overflows float32 inside torch; fine-tuning rates are around 1e-5.
+        _check_float("learning_rate", self.learning_rate, low=0.0, high=1.0, low_open=True)
+        _check_float("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
+        _check_float("weight_decay", self.weight_decay, low=0.0)
+        _check_float("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
         if self.nonfinite not in ("skip", "raise"):
-            raise ValueError(f"nonfinite must be 'skip' or 'raise', got {self.nonfinite!r}")
+            raise ConfigError(f"nonfinite must be 'skip' or 'raise', got {self.nonfinite!r}")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite contradict each other: continue the run, or replace it")
         self.eval_ks = tuple(self.eval_ks)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_float(
+    name: str, value: Any, *, low: float, high: float | None = None, low_open: bool = False
+) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ConfigError(f"{name} must be a finite number {bounds}, got {value!r}")
 
 
 @dataclass
@@ -104,6 +170,25 @@ class TrainResult:
     initial_metrics: dict[str, float] = field(default_factory=dict)
     final_metrics: dict[str, float] = field(default_factory=dict)
     dropped: LoadSummary = field(default_factory=LoadSummary)
+    cut_rows: int = 0
+
+
+def cap_candidates(examples: Sequence[QAExample], cap: int | None) -> tuple[list[QAExample], int]:
+    """Each example with at most ``cap`` candidates (the first ones, in retrieval order); how many were cut.
+
+    Gold labels on cut candidates go with them.
+    """
+    if cap is None:
+        return list(examples), 0
+    out, cut = [], 0
+    for ex in examples:
+        if len(ex.candidates) <= cap:
+            out.append(ex)
+            continue
+        cut += 1
+        gold = None if ex.gold is None else [g for g in ex.gold if g < cap]
+        out.append(replace(ex, candidates=ex.candidates[:cap], gold=gold))
+    return out, cut
 
 
 def trainable_examples(
@@ -139,7 +224,15 @@ def train(
     to ``output_dir/checkpoints``. ``config.resume`` continues from the newest complete checkpoint.
     Rows the loss cannot learn from are dropped first (counted in ``TrainResult.dropped``).
     """
-    examples, dropped = trainable_examples(loss, train_examples)
+    examples, cut = cap_candidates(train_examples, config.max_candidates)
+    if cut:
+        logger.warning(
+            "%d training rows have more than max_candidates=%d candidates; their later candidates (in "
+            "retrieval order) are not trained on",
+            cut,
+            config.max_candidates,
+        )
+    examples, dropped = trainable_examples(loss, examples)
     if dropped.n_skipped:
         logger.warning("training rows the %s loss cannot learn from: %s", loss.method, dropped)
     if not examples:
@@ -151,7 +244,9 @@ def train(
     run = _Run(reranker, loss, examples, config, dev_examples)
     while not run.done:
         run.step(run.next_window())
-    return run.finish(dropped)
+    result = run.finish(dropped)
+    result.cut_rows = cut
+    return result
 
 
 class _Run:
@@ -178,6 +273,8 @@ class _Run:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         set_seed(config.seed)
+        if not config.resume:
+            self._claim_output()
         if acc.is_main_process:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -198,19 +295,22 @@ class _Run:
         self.scheduler = get_linear_schedule_with_warmup(
             optimizer, int(config.warmup_ratio * self.total_steps), max(self.total_steps, 1)
         )
+        self.identity = self._identity(reranker, acc)
         self.template = unsharded_template(acc, reranker)
         configure_deepspeed(acc, config.batch_size, config.gradient_accumulation_steps)
         self.model, self.optimizer = acc.prepare(reranker, optimizer)
         self.noise = NoiseState(config.seed + acc.process_index)
         self.state = LoopState()
 
-        if config.resume and list_checkpoints(self.ckpt_dir):
-            latest = list_checkpoints(self.ckpt_dir)[-1]
+        latest = self._checkpoint_to_resume() if config.resume else None
+        if latest is not None:
             load_checkpoint(latest, acc, self.scheduler, self.noise, self.state)
+            if acc.is_main_process:
+                self._drop_metrics_after(self.state.step)
             logger.info("resumed from %s (step %d)", latest, self.state.step)
         elif acc.is_main_process:
             self.metrics_file.unlink(missing_ok=True)
-            settings = {**asdict(config), "loss": loss.options()}
+            settings = {**asdict(config), "loss": loss.options(), "identity": self.identity}
             (self.log_dir / "train_config.json").write_text(json.dumps(settings, indent=2) + "\n")
         acc.init_trackers("gumbel-rag")
 
@@ -225,6 +325,89 @@ class _Run:
         self.done = self.state.step >= self.total_steps
         self._epoch = -1
         self._windows: list[list[list[int]]] = []
+
+    # ------------------------------------------------------------------ which run this is
+
+    def _identity(self, reranker: GumbelReranker, acc: Accelerator) -> dict[str, Any]:
+        """What decides this run's trajectory (see gumbel_rag.checkpoints): resuming must match it."""
+        config = asdict(self.config)
+        reader = self.loss.reader
+        return {
+            "settings": {name: config[name] for name in TRAJECTORY_FIELDS},
+            "mixed_precision": mixed_precision(self.config.mixed_precision),
+            "processes": acc.num_processes,
+            "loss": self.loss.options(),
+            "reader": None
+            if reader is None
+            else {
+                "model": str(getattr(reader.model.config, "_name_or_path", "")),
+                "class": type(reader).__name__,
+                "max_document_tokens": getattr(reader, "max_document_tokens", None),
+            },
+            "start": weights_fingerprint(reranker.state_dict().items()),
+            "data": data_fingerprint(self.examples),
+        }
+
+    def _claim_output(self) -> None:
+        """A fresh run needs an output directory free of earlier runs, or ``overwrite`` to replace them."""
+        found = run_artifacts(self.output)
+        if not found:
+            return
+        if not self.config.overwrite:
+            raise TrainingError(
+                f"{self.output} already holds {', '.join(found)} from an earlier run; resume that run "
+                "(--resume / resume=True) or replace it (--overwrite / overwrite=True)"
+            )
+        logger.warning("overwrite: replacing the earlier run in %s (%s)", self.output, ", ".join(found))
+        if self.accelerator.is_main_process:
+            clear_run_artifacts(self.output)
+        self.accelerator.wait_for_everyone()
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The newest complete checkpoint of this run; refuses another run's, falls back past broken ones."""
+        latest, skipped = newest_complete(self.ckpt_dir)
+        for line in skipped:
+            logger.warning("not resuming from %s", line)
+        if latest is None:
+            found = run_artifacts(self.output)
+            if "a saved model" in found:
+                why = f" ({'; '.join(skipped)})" if skipped else ""
+                raise TrainingError(
+                    f"--resume: {self.output} holds a saved model but no complete checkpoint to continue "
+                    f"from{why}; use --overwrite to train again"
+                )
+            logger.warning(
+                "--resume: no complete checkpoint in %s; starting from the first step", self.ckpt_dir
+            )
+            if self.accelerator.is_main_process:
+                clear_run_artifacts(self.output)
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self.accelerator.wait_for_everyone()
+            return None
+        saved = saved_identity(latest)
+        if saved is None:
+            differences = ["the checkpoint has no run identity (written by an older gumbel-rag)"]
+        else:
+            differences = identity_differences(saved, self.identity)
+        if differences and not self.config.allow_changed_settings:
+            raise TrainingError(
+                f"--resume: {latest} belongs to another run ({'; '.join(differences)}); resume with the "
+                "settings it was started with, pass --allow-changed-settings to continue anyway, or "
+                "--overwrite to start afresh"
+            )
+        if differences:
+            logger.warning("resuming %s with changed settings: %s", latest, "; ".join(differences))
+        return latest
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget the metrics rows a killed run logged after its last checkpoint (they are redone)."""
+        if not self.metrics_file.is_file():
+            return
+        lines = self.metrics_file.read_text(encoding="utf8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(self.metrics_file, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ data order
 
@@ -268,6 +451,12 @@ class _Run:
         if ok:
             acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
             self.optimizer.step()
+            if not on_every_rank(acc, weights_finite(self.model)):
+                lr = self.scheduler.get_last_lr()[0]
+                raise TrainingError(
+                    f"the reranker's weights became non-finite at optimizer step {self.state.step + 1} "
+                    f"(learning rate {lr:g}; is it too high?); the model was not saved"
+                )
         elif config.nonfinite == "raise":
             questions = [self.examples[i].question for i in window[-1]]
             raise FloatingPointError(
@@ -288,7 +477,13 @@ class _Run:
             self.last_metrics = self.evaluate() or self.last_metrics
         if self.state.step % config.save_every == 0:
             save_checkpoint(
-                acc, self.ckpt_dir, config.save_total_limit, self.scheduler, self.noise, self.state
+                acc,
+                self.ckpt_dir,
+                config.save_total_limit,
+                self.scheduler,
+                self.noise,
+                self.state,
+                self.identity,
             )
         self.done = self.state.step >= self.total_steps
 
@@ -341,9 +536,18 @@ class _Run:
         """Evaluate once more if the last step was not evaluated, save the model, curves and a summary."""
         acc, config = self.accelerator, self.config
         self.bar.close()
+        if self.state.step and self.state.skipped == self.state.step:
+            raise TrainingError(
+                f"every one of the {self.state.step} optimizer steps was skipped (non-finite loss or "
+                "gradient): nothing was learned and the model was not saved"
+            )
         if self.dev and (self.state.step % config.eval_every != 0 or not self.last_metrics):
             self.last_metrics = self.evaluate()
         acc.wait_for_everyone()
+        if not on_every_rank(acc, weights_finite(self.model)):
+            raise TrainingError(
+                "the reranker's weights are not all finite after training; the model was not saved"
+            )
         curves = self.log_dir / "curves.png"
         save_model(acc, self.model, self.template, self.output)
         seconds_per_step = _median(self.step_times)

@@ -84,7 +84,8 @@ def test_resume_ignores_a_half_written_checkpoint(
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    result = train(fresh, loss, examples, TrainConfig(**config, resume=True))
+    # max_steps changes the schedule, so continuing with more steps needs allow_changed_settings.
+    result = train(fresh, loss, examples, TrainConfig(**config, resume=True, allow_changed_settings=True))
     assert result.steps == 5
     # Resuming reads the optimizer and RNG states, and never unpickles arbitrary objects.
     assert loads and all(flag is True for flag in loads)

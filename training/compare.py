@@ -201,6 +201,7 @@ def run_all(args: argparse.Namespace) -> None:
                 seed=seed,
                 eval_every=10**9,
                 save_every=10**9,
+                overwrite=True,  # a run that did not finish (not in runs.jsonl) starts again
             )
             start = time.perf_counter()
             result = train(reranker, loss, rows, config)

@@ -75,6 +75,7 @@ def run(
         progress=False,
         eval_every=10**9,
         save_every=10**9,
+        overwrite=True,
         **{k: v for k, v in point.items() if k not in loss_keys},
     )
     start = time.perf_counter()
