@@ -257,10 +257,13 @@ def save_checkpoint(
     noise: NoiseState,
     state: LoopState,
     identity: Mapping[str, Any],
+    *,
+    protect: int | None = None,
 ) -> None:
     """Write ``root/step-N`` (N = ``state.step``), then prune this run's checkpoints to the newest ``keep``.
 
-    A collective: every process calls it.
+    ``step-<protect>`` (the best so far, when the run selects one) is never pruned. A collective: every
+    process calls it.
     """
     # Write to a temporary name and rename: a kill mid-write never leaves a checkpoint under a final name.
     final = root / f"{CHECKPOINT_PREFIX}{state.step}"
@@ -283,7 +286,8 @@ def save_checkpoint(
         os.replace(tmp, final)
         mine = [p for p in list_checkpoints(root) if checkpoint_run_id(p) == run_id(identity)]
         for old in mine[:-keep]:
-            shutil.rmtree(old)
+            if old.name != f"{CHECKPOINT_PREFIX}{protect}":
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 

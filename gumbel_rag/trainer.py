@@ -60,7 +60,7 @@ from gumbel_rag.distributed import (
     weights_finite,
 )
 from gumbel_rag.errors import ConfigError, TrainingError
-from gumbel_rag.evaluation import evaluate_reranker
+from gumbel_rag.evaluation import evaluate_reranker, reader_answer_loss
 from gumbel_rag.losses.base import RerankLoss, candidate_texts
 from gumbel_rag.plotting import plot_curves
 from gumbel_rag.reranker import GumbelReranker
@@ -73,6 +73,16 @@ logger = logging.getLogger(__name__)
 # Candidates per training question beyond which the later ones (in retrieval order) are cut: the reader's
 # document pass grows with them (1,000 candidates took 9.2 GB for one step at 32 document tokens).
 DEFAULT_MAX_CANDIDATES = 100
+
+# Validation held out of the training rows when no dev set is given: a tenth, at least 1 and at most 200
+# rows, and only from logs of at least 10 rows (a smaller log trains on everything, without selection).
+DEFAULT_VALIDATION_FRACTION = 0.1
+MAX_VALIDATION_ROWS = 200
+MIN_ROWS_TO_SPLIT = 10
+# Evaluations without a better validation score before the run stops.
+DEFAULT_PATIENCE = 3
+# Evaluations per run when eval_every is not given.
+EVALUATIONS_PER_RUN = 10
 
 # The TrainConfig fields that decide a run's trajectory (part of its identity: resuming with another value
 # is refused); the others (intervals, logging, resume itself) may change between sittings.
@@ -87,12 +97,24 @@ TRAJECTORY_FIELDS = (
     "seed",
     "max_steps",
     "max_candidates",
+    "validation_fraction",
+    "select_best",
+    "early_stopping_patience",
+    "eval_every",
 )
 
 
 @dataclass
 class TrainConfig:
     """Settings of the loop (optimisation, schedule, logging, checkpoints); the method is the loss's.
+
+    Without ``dev_examples``, ``validation_fraction`` of the training rows (seeded; at most
+    ``MAX_VALIDATION_ROWS``) are held out as a validation split; with them, the dev set is the validation
+    set. The model is evaluated on it at step 0 and every ``eval_every`` steps (default: about ten times
+    per run); ``select_best`` keeps the weights of the best evaluation (step 0, the starting model,
+    included) and ``early_stopping_patience`` stops after that many evaluations without improvement.
+    The score is the mean Recall@k over ``eval_ks`` when every validation row has gold labels, else the
+    reader's answer loss reading the reranker's top k (lower is better).
 
     ``output_dir`` must not hold an earlier run's model, checkpoints or logs unless ``resume`` (continue
     that run, which must have been started with the same trajectory settings, loss, reader, starting
@@ -108,7 +130,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    eval_every: int = 50
+    eval_every: int | None = None
     save_every: int = 50
     save_total_limit: int = 2
     eval_ks: tuple[int, ...] = (2, 5)
@@ -119,15 +141,19 @@ class TrainConfig:
     allow_changed_settings: bool = False
     max_steps: int | None = None
     max_candidates: int | None = DEFAULT_MAX_CANDIDATES
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    select_best: bool = True
+    early_stopping_patience: int | None = DEFAULT_PATIENCE
     nonfinite: str = "skip"
     progress: bool = True
 
     def __post_init__(self) -> None:
         """Reject settings that cannot train, naming the field (every number must be finite)."""
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "eval_every", "save_every"):
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "save_every"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("save_total_limit", self.save_total_limit, minimum=1)
-        for name in ("max_steps", "max_candidates"):
+        _check_float("validation_fraction", self.validation_fraction, low=0.0, high=0.5)
+        for name in ("max_steps", "max_candidates", "eval_every", "early_stopping_patience"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
         # Above 1 AdamW's first step overflows float32 inside torch; fine-tuning rates are around 1e-5.
@@ -171,6 +197,10 @@ class TrainResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     dropped: LoadSummary = field(default_factory=LoadSummary)
     cut_rows: int = 0
+    validation_rows: int = 0
+    best_step: int | None = None
+    best_score: float | None = None
+    stopped_early: bool = False
 
 
 def cap_candidates(examples: Sequence[QAExample], cap: int | None) -> tuple[list[QAExample], int]:
@@ -189,6 +219,19 @@ def cap_candidates(examples: Sequence[QAExample], cap: int | None) -> tuple[list
         gold = None if ex.gold is None else [g for g in ex.gold if g < cap]
         out.append(replace(ex, candidates=ex.candidates[:cap], gold=gold))
     return out, cut
+
+
+def split_validation(
+    examples: Sequence[QAExample], fraction: float, *, seed: int
+) -> tuple[list[QAExample], list[QAExample]]:
+    """(training rows, validation rows): a seeded ``fraction`` of the rows held out, order kept in each."""
+    n = len(examples)
+    if fraction <= 0 or n < MIN_ROWS_TO_SPLIT:
+        return list(examples), []
+    n_val = min(max(1, round(fraction * n)), MAX_VALIDATION_ROWS)
+    # A generator of its own, so that the split does not depend on (or move) any other random state.
+    held = set(torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()[:n_val])
+    return [ex for i, ex in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
 def trainable_examples(
@@ -241,7 +284,18 @@ def train(
             f"nothing to train: none of the {len(train_examples)} rows can teach the {loss.method} loss"
             + (f" ({reasons})" if reasons else "")
         )
-    run = _Run(reranker, loss, examples, config, dev_examples)
+    validation: list[QAExample] = list(dev_examples or [])
+    if dev_examples is None:
+        examples, validation = split_validation(examples, config.validation_fraction, seed=config.seed)
+        if validation:
+            logger.info("held out %d of %d training rows for validation", len(validation), len(examples))
+        elif config.validation_fraction > 0:
+            logger.warning(
+                "%d training rows are too few to hold out a validation split: training on all of them, "
+                "without checkpoint selection or early stopping",
+                len(examples),
+            )
+    run = _Run(reranker, loss, examples, config, dev_examples, validation)
     while not run.done:
         run.step(run.next_window())
     result = run.finish(dropped)
@@ -259,8 +313,10 @@ class _Run:
         examples: list[QAExample],
         config: TrainConfig,
         dev_examples: Sequence[QAExample] | None,
+        validation: Sequence[QAExample],
     ) -> None:
         self.loss, self.examples, self.config, self.dev = loss, examples, config, dev_examples
+        self.validation = list(validation)
         output = Path(config.output_dir)
         self.output, self.log_dir, self.ckpt_dir = output, output / "logs", output / "checkpoints"
         self.metrics_file = self.log_dir / "metrics.jsonl"
@@ -290,6 +346,7 @@ class _Run:
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
+        self.eval_every = config.eval_every or max(1, math.ceil(self.total_steps / EVALUATIONS_PER_RUN))
         # The scheduler stays unprepared: total_steps already counts global steps, and a prepared
         # scheduler would step once per process.
         self.scheduler = get_linear_schedule_with_warmup(
@@ -301,6 +358,8 @@ class _Run:
         self.model, self.optimizer = acc.prepare(reranker, optimizer)
         self.noise = NoiseState(config.seed + acc.process_index)
         self.state = LoopState()
+        self._saved_at: int | None = None
+        self._evaluated_at: int | None = None
 
         latest = self._checkpoint_to_resume() if config.resume else None
         if latest is not None:
@@ -314,6 +373,7 @@ class _Run:
             (self.log_dir / "train_config.json").write_text(json.dumps(settings, indent=2) + "\n")
         acc.init_trackers("gumbel-rag")
 
+        self.stopped_early = False
         self.initial = self.evaluate() if self.state.step == 0 else {}
         self.last_metrics = self.initial
         self.bar = tqdm(
@@ -473,19 +533,26 @@ class _Run:
         self.optimizer.zero_grad()
         self.state.step += 1
         self._log_step()
-        if self.state.step % config.eval_every == 0:
+        if self.state.step % self.eval_every == 0:
             self.last_metrics = self.evaluate() or self.last_metrics
-        if self.state.step % config.save_every == 0:
-            save_checkpoint(
-                acc,
-                self.ckpt_dir,
-                config.save_total_limit,
-                self.scheduler,
-                self.noise,
-                self.state,
-                self.identity,
-            )
-        self.done = self.state.step >= self.total_steps
+        if self.state.step % config.save_every == 0 and self.state.step != self._saved_at:
+            self._save()
+        self.done = self.state.step >= self.total_steps or self.stopped_early
+
+    def _save(self) -> None:
+        """A checkpoint at the current step, keeping the best one (the model to select) from pruning."""
+        acc, config = self.accelerator, self.config
+        save_checkpoint(
+            acc,
+            self.ckpt_dir,
+            config.save_total_limit,
+            self.scheduler,
+            self.noise,
+            self.state,
+            self.identity,
+            protect=self.state.best_step if config.select_best else None,
+        )
+        self._saved_at = self.state.step
 
     def _micro_step(self, batch: list[QAExample], *, scale: float) -> bool:
         """Forward and backward one micro-batch; returns False when its loss is not finite."""
@@ -519,18 +586,68 @@ class _Run:
     # ------------------------------------------------------------------ evaluation and the end
 
     def evaluate(self) -> dict[str, float]:
-        """Recall@k & co. on the dev examples (each process ranks its share), logged; {} without dev data."""
-        if not self.dev:
-            return {}
+        """Evaluate on the dev examples and the validation split (logged); track the best; {} without dev."""
         acc = self.accelerator
         unwrapped = acc.unwrap_model(self.model)
+        metrics: dict[str, float] = {}
         with full_parameters(acc, self.model):
-            metrics = evaluate_reranker(unwrapped, self.dev, ks=self.config.eval_ks, accelerator=acc)
+            if self.dev:
+                metrics = evaluate_reranker(unwrapped, self.dev, ks=self.config.eval_ks, accelerator=acc)
+                self._log_eval("dev", metrics)
+            if self.validation and self.validation is not self.dev:
+                score, val_metrics = self._validation_score(unwrapped, self.validation)
+                self._log_eval("validation", {**val_metrics, "score": score})
+            elif self.validation:
+                score, _ = self._validation_score(unwrapped, self.validation, metrics)
+            else:
+                score = None
         unwrapped.train()
-        acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
-        if acc.is_main_process:
-            _append_jsonl(self.metrics_file, {"step": self.state.step, "split": "dev", **metrics})
+        self._evaluated_at = self.state.step
+        self._track_best(score)
         return metrics
+
+    def _validation_score(
+        self, model: GumbelReranker, rows: Sequence[QAExample], ranked: dict[str, float] | None = None
+    ) -> tuple[float | None, dict[str, float]]:
+        """Higher is better: mean Recall@k if all rows have gold, else minus the top-k answer loss."""
+        acc, ks = self.accelerator, self.config.eval_ks
+        if all(ex.gold for ex in rows):
+            metrics = ranked or evaluate_reranker(model, rows, ks=ks, accelerator=acc)
+            return sum(metrics[f"recall@{k}"] for k in ks) / len(ks), metrics
+        reader = self.loss.reader
+        if reader is None:
+            return None, {}
+        k = int(self.loss.options().get("k", max(ks)))
+        metrics = reader_answer_loss(model, reader, rows, k, accelerator=acc)
+        return (-metrics["answer_nll"] if metrics.get("n") else None), metrics
+
+    def _log_eval(self, split: str, metrics: dict[str, float]) -> None:
+        prefix = "eval" if split == "dev" else split
+        self.accelerator.log({f"{prefix}/{k}": v for k, v in metrics.items()}, step=self.state.step)
+        if self.accelerator.is_main_process:
+            _append_jsonl(self.metrics_file, {"step": self.state.step, "split": split, **metrics})
+
+    def _track_best(self, score: float | None) -> None:
+        """Remember the best validation score (checkpointing its model); stop after ``patience`` worse."""
+        if score is None or (not self.config.select_best and self.config.early_stopping_patience is None):
+            return
+        state = self.state
+        if state.best_score is None or score > state.best_score:
+            state.best_score, state.best_step, state.evals_since_best = score, state.step, 0
+            if self.config.select_best and self._saved_at != state.step:
+                self._save()
+            return
+        state.evals_since_best += 1
+        patience = self.config.early_stopping_patience
+        if patience is not None and state.evals_since_best >= patience:
+            logger.warning(
+                "stopping early at step %d: no validation score above step %d's (%.4f) in %d evaluations",
+                state.step,
+                state.best_step,
+                state.best_score,
+                patience,
+            )
+            self.stopped_early = True
 
     def finish(self, dropped: LoadSummary) -> TrainResult:
         """Evaluate once more if the last step was not evaluated, save the model, curves and a summary."""
@@ -541,8 +658,19 @@ class _Run:
                 f"every one of the {self.state.step} optimizer steps was skipped (non-finite loss or "
                 "gradient): nothing was learned and the model was not saved"
             )
-        if self.dev and (self.state.step % config.eval_every != 0 or not self.last_metrics):
-            self.last_metrics = self.evaluate()
+        if (self.dev or self.validation) and self._evaluated_at != self.state.step:
+            self.last_metrics = self.evaluate() or self.last_metrics
+        best = self.state.best_step
+        if config.select_best and best is not None and best != self.state.step:
+            logger.info("keeping the weights of step %d, the best on the validation rows", best)
+            acc.load_state(str(self.ckpt_dir / f"step-{best}"))
+            if self.dev:
+                unwrapped = acc.unwrap_model(self.model)
+                with full_parameters(acc, self.model):
+                    self.last_metrics = evaluate_reranker(
+                        unwrapped, self.dev, ks=config.eval_ks, accelerator=acc
+                    )
+                unwrapped.train()
         acc.wait_for_everyone()
         if not on_every_rank(acc, weights_finite(self.model)):
             raise TrainingError(
@@ -559,6 +687,10 @@ class _Run:
                 "seconds_per_step": seconds_per_step,
                 "initial": self.initial,
                 "final": self.last_metrics,
+                "validation_rows": len(self.validation),
+                "best_step": self.state.best_step,
+                "best_score": self.state.best_score,
+                "stopped_early": self.stopped_early,
             }
             (self.log_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         acc.end_training()
@@ -572,6 +704,10 @@ class _Run:
             initial_metrics=self.initial,
             final_metrics=self.last_metrics,
             dropped=dropped,
+            validation_rows=len(self.validation),
+            best_step=self.state.best_step,
+            best_score=self.state.best_score,
+            stopped_early=self.stopped_early,
         )
 
 

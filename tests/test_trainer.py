@@ -45,6 +45,9 @@ def _config(tmp_path: Path, **overrides) -> TrainConfig:
         save_every=1,
         mixed_precision="no",
         progress=False,
+        # The loop's mechanics without checkpoint selection (tests/test_training_selection.py has those).
+        validation_fraction=0.0,
+        select_best=False,
     )
     base.update(overrides)
     return TrainConfig(**base)
