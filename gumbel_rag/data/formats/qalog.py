@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -199,44 +200,177 @@ def _has_surrogates(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
-def _csv_rows(path: str, data: bytes, delimiter: str) -> list[Row]:
+def _csv_rows(path: str, data: bytes, delimiter: str, *, empty_as_none: bool = True) -> list[Row]:
     # A cell of JSON-encoded candidates easily exceeds csv's default 128 KiB field limit.
     limit = csv.field_size_limit()
     csv.field_size_limit(1 << 30)
     try:
-        return list(_csv_rows_unlimited(path, data, delimiter))
+        text = data.decode("utf-8", errors="surrogateescape")
+        return _CsvRecords(path, text, delimiter).rows(empty_as_none)
     finally:
         csv.field_size_limit(limit)
 
 
-def _csv_rows_unlimited(path: str, data: bytes, delimiter: str) -> Iterator[Row]:
-    text = data.decode("utf-8", errors="surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader, None)
+class _Lines:
+    """The physical lines of a CSV text, fed one at a time to csv.reader, with a position to move back."""
+
+    def __init__(self, text: str) -> None:
+        # newline="": split at \n, \r\n and \r as csv expects, endings kept (U+2028 is no line end).
+        self.lines = io.StringIO(text, newline="").readlines()
+        self.pos = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _cell_kind(cell: str) -> str:
+    """A coarse shape of a cell, to tell a row of this file from a line of prose."""
+    value = cell.strip().strip('"').strip()
+    if not value:
+        return "empty"
+    if value[0] in "[{":
+        return "json"
+    if _NUMBER.fullmatch(value):
+        return "number"
+    if any(ch.isspace() for ch in value):
+        # Prose keeps its final punctuation: questions end in "?", paragraphs in ".", fragments in neither.
+        return "text" + (value[-1] if value[-1] in "?.!:;" else "")
+    # A word keeps its shape (digit runs -> 9, letter runs -> a): ids like "d42" and "d7" both read "a9".
+    return "word:" + re.sub(r"[^\W\d_]+", "a", re.sub(r"\d+", "9", value))
+
+
+def _fits(kind: str, seen: set[str]) -> bool:
+    # A column that holds prose also holds single words and numbers.
+    prose = any(k.startswith("text") for k in seen)
+    return kind in seen or (prose and kind.startswith(("word:", "number")))
+
+
+class _CsvRecords:
+    """CSV records, each with the physical line it starts on, refusing any that may have swallowed rows.
+
+    A quote left open in one row makes csv read the following rows as the rest of one cell. Three
+    checks keep such rows from vanishing: parsing is strict (a closing quote must end its cell, and
+    the file must not end inside one); a record that spans several lines is refused when every one of
+    those lines reads on its own as a row of this file (the header's field count, each cell shaped like
+    that column's cells in the file's one-line records); and after a bad record, reading resumes on the
+    line after the one it started on, so the rows it took are read as rows (kept with skip_invalid).
+    """
+
+    def __init__(self, path: str, text: str, delimiter: str) -> None:
+        self.path = path
+        self.delimiter = delimiter
+        self.source = _Lines(text)
+        self.header: list[str] = []
+        self.kinds: list[set[str]] = []
+
+    def _reader(self) -> Iterator[list[str]]:
+        return csv.reader(self.source, delimiter=self.delimiter, strict=True)
+
+    def rows(self, empty_as_none: bool) -> list[Row]:
+        """Every record after the header as ``(line, {column: cell} | DataError)``."""
+        try:
+            header = next(self._reader(), None)
+        except csv.Error as exc:
+            raise fail((self.path, 1), None, f"malformed CSV header: {exc}", "malformed CSV") from None
         if header is None:
-            return
+            return []
         if any(_has_surrogates(h) for h in header):
-            raise fail((path, 1), None, "not valid UTF-8 in the header", "not UTF-8")
-        header = [h.strip() for h in header]
-        while True:
-            start = reader.line_num + 1
-            cells = next(reader, None)
-            if cells is None:
-                return
-            if not cells or all(not c.strip() for c in cells):
-                continue
-            where = (path, start)
-            if len(cells) != len(header):
-                msg = f"expected {len(header)} columns, got {len(cells)}"
-                yield start, fail(where, None, msg, "malformed CSV")
+            raise fail((self.path, 1), None, "not valid UTF-8 in the header", "not UTF-8")
+        self.header = [h.strip() for h in header]
+        body = self.source.pos
+        # First pass: how this file's one-line records look, column by column.
+        self.kinds = [set() for _ in self.header]
+        for start, end, cells in self._records(body, check=False):
+            if end - start == 1 and not isinstance(cells, DataError):
+                for kinds, cell in zip(self.kinds, cells, strict=True):
+                    kinds.add(_cell_kind(cell))
+        rows: list[Row] = []
+        for start, _, cells in self._records(body, check=True):
+            if isinstance(cells, DataError):
+                rows.append((start + 1, cells))
             elif any(_has_surrogates(c) for c in cells):
-                yield start, fail(where, None, "not valid UTF-8", "not UTF-8")
+                rows.append((start + 1, fail((self.path, start + 1), None, "not valid UTF-8", "not UTF-8")))
             else:
                 # An empty cell means "absent", like a JSON null.
-                yield start, {h: (c if c != "" else None) for h, c in zip(header, cells, strict=True)}
-    except csv.Error as exc:
-        raise fail((path, reader.line_num), None, f"malformed CSV: {exc}", "malformed CSV") from None
+                empty = None if empty_as_none else ""
+                rows.append((start + 1, {h: c or empty for h, c in zip(self.header, cells, strict=True)}))
+        return rows
+
+    def _records(self, body: int, check: bool) -> Iterator[tuple[int, int, list[str] | DataError]]:
+        """``(first line, line after the last, cells or the error)`` per record, 0-based lines."""
+        self.source.pos = body
+        reader = self._reader()
+        while True:
+            start = self.source.pos
+            try:
+                cells = next(reader, None)
+            except csv.Error as exc:
+                cells = self._broken(start, exc)
+            if cells is None:
+                return
+            end = self.source.pos
+            if isinstance(cells, list):
+                if not cells or all(not c.strip() for c in cells):
+                    continue
+                cells = self._check(start, end, cells, check)
+            yield start, end, cells
+            if isinstance(cells, DataError) and end - start > 1:
+                # Resume right after the line it started on: what it took are rows of their own.
+                self.source.pos = start + 1
+                reader = self._reader()
+
+    def _broken(self, start: int, exc: csv.Error) -> DataError:
+        if "unexpected end of data" in str(exc):
+            msg = "a quoted cell opened on this line is never closed (the file ends inside it)"
+        else:
+            msg = f"malformed CSV: {exc} (on line {self.source.pos}; a quote left open on this line?)"
+        return fail((self.path, start + 1), None, msg, "malformed CSV")
+
+    def _check(self, start: int, end: int, cells: list[str], check: bool) -> list[str] | DataError:
+        where = (self.path, start + 1)
+        if len(cells) != len(self.header):
+            msg = f"expected {len(self.header)} columns, got {len(cells)}"
+            if end - start > 1:
+                msg += f" (the record runs to line {end}: a quote left open?)"
+            return fail(where, None, msg, "malformed CSV")
+        if check and end - start > 1 and self._swallows(start, end, cells):
+            msg = (
+                f"a quoted cell opened on this line runs to line {end}, and each of those lines reads "
+                "as a row of its own: a quote left open? (if the cell really spans those lines, "
+                "write the data as JSON Lines or Parquet)"
+            )
+            return fail(where, None, msg, "malformed CSV")
+        return cells
+
+    def _swallows(self, start: int, end: int, cells: list[str]) -> bool:
+        """Whether each line of a multi-line record reads as a row if its opening quote were a stray one."""
+        if len(self.header) < 2 or not any(self.kinds):
+            return False  # nothing to tell a row from a line of prose by
+        opened = next((i for i, c in enumerate(cells) if _LINE_END.search(c)), None)
+        if opened is None:
+            return False
+        # The first line, read with that quote as a plain character: the cells before it, then the
+        # rest of the line split at the delimiter (strict parsing left no lone quote in it).
+        first = [*cells[:opened], *_LINE_END.split(cells[opened], maxsplit=1)[0].split(self.delimiter)]
+        lines = [first]
+        for raw in self.source.lines[start + 1 : end]:
+            lines.append(next(csv.reader([raw], delimiter=self.delimiter), []))
+        return all(self._reads_as_row(line) for line in lines)
+
+    def _reads_as_row(self, cells: list[str]) -> bool:
+        return len(cells) == len(self.header) and all(
+            _fits(_cell_kind(c), kinds) for c, kinds in zip(cells, self.kinds, strict=True)
+        )
 
 
 def _parquet_rows(path: str, file: Path) -> Iterator[Row]:
