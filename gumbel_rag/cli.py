@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-FORMAT_CHOICES = ["auto", "qalog", "hotpotqa", "musique"]
+FORMAT_CHOICES = ["auto", "qalog", "hotpotqa", "musique", "fid"]
 
 
 def _ks(text: str) -> tuple[int, ...]:

@@ -4,7 +4,9 @@ lone surrogates, half-written outputs, broken gzip files."""
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,64 @@ def test_csv_real_multi_line_cells_still_load(tmp_path: Path) -> None:
     (tmp_path / "log.csv").write_text(_pandas_csv(log), encoding="utf-8")
     examples, _ = load_examples(tmp_path / "log.csv")
     assert [e.question for e in examples] == [row["question"] for row in log]
+
+
+# ----------------------------------------------------------------------------- format detection
+
+_LOG_ROW = {
+    "question": "Where is Quessly Works?",
+    "answer": "Brannock",
+    "candidates": [{"text": "Quessly Works is in Brannock.", "id": "d1"}, {"text": "Bananas.", "id": "d2"}],
+    "gold": ["d1"],
+}
+
+
+def test_extra_context_column_keeps_a_qa_log_a_qa_log(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text(json.dumps({**_LOG_ROW, "context": "asked in the support chat"}) + "\n")
+    [example], _ = load_examples(path)
+    assert [c.id for c in example.candidates] == ["d1", "d2"] and example.gold == [0]
+    assert example.metadata == {"context": "asked in the support chat"}
+
+
+def test_extra_paragraphs_column_keeps_a_parquet_qa_log_a_qa_log(tmp_path: Path) -> None:
+    import pandas as pd
+
+    path = tmp_path / "log.parquet"
+    row = {**_LOG_ROW, "gold": [0], "paragraphs": []}
+    pd.DataFrame([row, {**row, "paragraphs": ["an extra note"]}]).to_parquet(path)
+    examples, _ = load_examples(path)
+    assert [len(e.candidates) for e in examples] == [2, 2] and [e.gold for e in examples] == [[0], [0]]
+
+
+def test_a_row_that_fits_two_formats_asks_for_format(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    hotpot = {"context": [["Quessly Works", ["Quessly Works is in Brannock."]]], "supporting_facts": []}
+    path.write_text(json.dumps({**_LOG_ROW, **hotpot}) + "\n")
+    match = (
+        r"mixed\.jsonl:1: the rows fit more than one format: a QA log \('candidates'\) and HotpotQA "
+        r".*--format qalog or --format hotpotqa"
+    )
+    for skip in (False, True):  # not a row to skip: every row of the file would go
+        with pytest.raises(DataError, match=match):
+            load_examples(path, skip_invalid=skip)
+    assert [c.id for c in load_examples(path, "qalog")[0][0].candidates] == ["d1", "d2"]
+    assert [c.title for c in load_examples(path, "hotpotqa")[0][0].candidates] == ["Quessly Works"]
+
+
+# ----------------------------------------------------------------------------- gzip
+
+
+@pytest.mark.parametrize("damage", ["truncated", "plain text", "corrupt"])
+def test_broken_gzip_is_a_data_error(tmp_path: Path, damage: str) -> None:
+    whole = gzip.compress(b"".join(json.dumps(_LOG_ROW).encode() + b"\n" for _ in range(200)))
+    data = {
+        "truncated": whole[: len(whole) // 2],
+        "plain text": json.dumps(_LOG_ROW).encode() + b"\n",
+        "corrupt": whole[:20] + bytes(b ^ 0xFF for b in whole[20:60]) + whole[60:],
+    }[damage]
+    path = tmp_path / "log.jsonl.gz"
+    path.write_bytes(data)
+    for skip in (False, True):
+        with pytest.raises(DataError, match=r"log\.jsonl\.gz: not a readable gzip file"):
+            load_examples(path, skip_invalid=skip)

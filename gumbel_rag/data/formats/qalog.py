@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -20,7 +21,7 @@ __all__ = [
     "container_of",
     "parse_candidate",
     "parse_qalog_row",
-    "peek_keys",
+    "peek_row",
     "read_rows",
     "write_qalog",
 ]
@@ -131,7 +132,7 @@ def container_of(path: str | Path) -> Container:
 
 
 def _read_bytes(path: Path) -> bytes:
-    with _open_binary(path, "rb") as fh:
+    with _gzip_errors(path), _open_binary(path, "rb") as fh:
         data = fh.read()
     # A UTF-8 byte-order mark (Excel writes one) is not content.
     return data.removeprefix(b"\xef\xbb\xbf")
@@ -404,35 +405,62 @@ def read_rows(path: str | Path) -> tuple[list[Row], bool]:
     return list(_jsonl_rows(name, data)), False
 
 
-def peek_keys(path: str | Path) -> set[str]:
-    """The keys of the first well-formed row (empty if there is none), reading as little as possible."""
+def peek_row(path: str | Path) -> tuple[int, dict[str, Any]] | None:
+    """The first well-formed row and its line (None if there is none), reading as little as possible.
+
+    Cells are as stored: JSON strings in CSV/Parquet cells are not decoded.
+    """
     p = Path(path)
     container = container_of(p)
     if container == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            return set(pq.read_schema(p).names)
-        except Exception:
-            return set()
-    if container in ("csv", "tsv"):
-        with _open_text(p) as fh:
-            header = next(csv.reader(fh, delimiter="," if container == "csv" else "\t"), [])
-        return {h.strip().lstrip("\ufeff") for h in header}
-    if container == "json":
-        first = _peek_json_array(p)
-        if first is not None:
-            return set(first)
-    with _open_text(p) as fh:
-        for line in fh:
+            for batch in pq.ParquetFile(p).iter_batches(batch_size=1):
+                records = batch.to_pylist()
+                if records:
+                    return 1, records[0]
+        except (pa.ArrowException, OSError):
+            return None  # read_rows reports it
+        return None
+    with _gzip_errors(p), _open_text(p) as fh:
+        if container in ("csv", "tsv"):
+            reader = csv.DictReader(fh, delimiter="," if container == "csv" else "\t")
+            try:
+                first = next(reader, None)
+            except csv.Error:
+                return None
+            if first is None:
+                return None
+            return reader.line_num, {k.strip(): v for k, v in first.items() if isinstance(k, str)}
+        if container == "json":
+            first = _peek_json_array(fh)
+            if first is not None:
+                return 1, first
+            fh.seek(0)
+        for number, line in enumerate(fh, start=1):
             if line.strip():
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError:
                     continue
                 if isinstance(value, dict):
-                    return set(value)
-    return set()
+                    return number, value
+    return None
+
+
+@contextlib.contextmanager
+def _gzip_errors(p: Path) -> Iterator[None]:
+    """A broken .gz file (truncated, corrupt, or not gzip at all) as a DataError naming it."""
+    if p.suffix.lower() != ".gz":
+        yield
+        return
+    try:
+        yield
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        msg = f"not a readable gzip file ({exc or type(exc).__name__})"
+        raise DataError(msg, path=str(p), reason="unreadable file") from None
 
 
 def _open_binary(p: Path, mode: Literal["rb", "wb"]) -> BinaryIO:
@@ -443,25 +471,24 @@ def _open_text(p: Path) -> io.TextIOWrapper:
     return io.TextIOWrapper(_open_binary(p, "rb"), encoding="utf-8-sig", errors="replace", newline="")
 
 
-def _peek_json_array(p: Path) -> dict[str, Any] | None:
+def _peek_json_array(fh: io.TextIOWrapper) -> dict[str, Any] | None:
     """The first object of a JSON array without parsing the whole (possibly huge) file."""
     decoder = json.JSONDecoder()
     size = 1 << 16
-    with _open_text(p) as fh:
-        buf = fh.read(size)
-        if not buf.lstrip().startswith("["):
-            return None
-        while True:
-            body = buf.lstrip()[1:].lstrip()
-            try:
-                value, _ = decoder.raw_decode(body)
-                return value if isinstance(value, dict) else None
-            except json.JSONDecodeError:
-                more = fh.read(size)
-                if not more:
-                    return None
-                buf += more
-                size *= 2
+    buf = fh.read(size)
+    if not buf.lstrip().startswith("["):
+        return None
+    while True:
+        body = buf.lstrip()[1:].lstrip()
+        try:
+            value, _ = decoder.raw_decode(body)
+            return value if isinstance(value, dict) else None
+        except json.JSONDecodeError:
+            more = fh.read(size)
+            if not more:
+                return None
+            buf += more
+            size *= 2
 
 
 # ----------------------------------------------------------------------------- parsing a QA log row
@@ -492,7 +519,7 @@ def parse_candidate(value: Any, where: Where, field: str, encoded: bool) -> tupl
         raise fail(where, sub("gold"), f"expected true or false, got {type_name(flag)}", "bad gold")
     # Keys a retriever adds (score, url, ...) are kept as metadata rather than dropped.
     extras = {
-        k: v for k, v in value.items() if k not in _CANDIDATE_KEYS and v is not None and not _is_index(k)
+        k: v for k, v in value.items() if k not in _CANDIDATE_KEYS and v is not None and not is_index(k)
     }
     metadata = {**extras, **as_metadata(value.get("metadata"), where, sub("metadata"), encoded)}
     return Candidate(
@@ -500,7 +527,8 @@ def parse_candidate(value: Any, where: Where, field: str, encoded: bool) -> tupl
     ), flag
 
 
-def _answer_list(value: Any, where: Where, key: str) -> list[str]:
+def answer_list(value: Any, where: Where, key: str) -> list[str]:
+    """A string or a non-empty list of non-empty strings, as a list."""
     if isinstance(value, str):
         items = [value]
     elif isinstance(value, list) and value and all(isinstance(a, str) for a in value):
@@ -531,7 +559,7 @@ def parse_answers(row: dict[str, Any], where: Where, encoded: bool) -> list[str]
                 decoded = None
             # Only a JSON list counts as encoded; any other cell text is itself the answer.
             value = decoded if isinstance(decoded, list) else value
-        answers.extend(a for a in _answer_list(value, where, key) if a not in answers)
+        answers.extend(a for a in answer_list(value, where, key) if a not in answers)
     if not answers:
         raise fail(where, "answer", "missing (give 'answer' or 'answers')", "missing answer")
     return answers
@@ -573,8 +601,8 @@ def resolve_gold(
     return sorted(i for i, c in enumerate(candidates) if i in gold or c.content in contents)
 
 
-def _is_index(key: str) -> bool:
-    # pandas writes its row index as an extra Parquet column; it is not the user's data.
+def is_index(key: str) -> bool:
+    """Whether a column is the row index pandas stored as an extra Parquet column (not the user's data)."""
     return key.startswith("__index_level_")
 
 
@@ -593,7 +621,7 @@ def parse_qalog_row(row: dict[str, Any], where: Where, encoded: bool = False) ->
     parsed = [parse_candidate(c, where, f"candidates[{i}]", encoded) for i, c in enumerate(raw_candidates)]
     candidates = [c for c, _ in parsed]
     gold = resolve_gold(row.get("gold"), [f for _, f in parsed], candidates, where, encoded)
-    extras = {k: v for k, v in row.items() if k not in _QALOG_KEYS and v is not None and not _is_index(k)}
+    extras = {k: v for k, v in row.items() if k not in _QALOG_KEYS and v is not None and not is_index(k)}
     metadata = {**extras, **as_metadata(row.get("metadata"), where, "metadata", encoded)}
     return QAExample(
         question=question,
