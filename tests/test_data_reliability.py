@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,55 @@ def test_broken_gzip_is_a_data_error(tmp_path: Path, damage: str) -> None:
     for skip in (False, True):
         with pytest.raises(DataError, match=r"log\.jsonl\.gz: not a readable gzip file"):
             load_examples(path, skip_invalid=skip)
+
+
+# ----------------------------------------------------------------------------- lone surrogates
+
+
+_FINE = '{"question": "fine \\ud83d\\ude00", "answer": "a"}'  # an escaped surrogate pair is text
+_FINE_HOTPOT = '{"question": "fine", "answer": "a", "context": [], "supporting_facts": []}'
+
+
+@pytest.mark.parametrize(
+    ("first", "row", "field"),
+    [
+        (_FINE, '{"question": "caf\\ud800", "answer": "a"}', "question"),
+        (_FINE, '{"question": "q", "answers": ["a", "\\udfff"]}', "answers[1]"),
+        (_FINE, '{"question": "q", "answer": "a", "candidates": ["ok", {"text": "x\\ud83d"}]}',
+         "candidates[1].text"),
+        (_FINE, '{"question": "q", "answer": "a", "metadata": {"note": ["\\udc00"]}}', "metadata.note[0]"),
+        (_FINE_HOTPOT, '{"question": "q", "answer": "a", "context": [["T\\ud800", ["s"]]], '
+         '"supporting_facts": []}', "candidates[0].title"),
+    ],
+)  # fmt: skip
+def test_lone_surrogate_is_refused_naming_the_row(tmp_path: Path, first: str, row: str, field: str) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text(first + "\n" + row + "\n")
+    with pytest.raises(DataError, match=rf"log\.jsonl:2: field '{re.escape(field)}': holds a lone surrogate"):
+        load_examples(path)
+    examples, summary = load_examples(path, skip_invalid=True)
+    assert len(examples) == 1 and summary.skipped == {"lone surrogate": 1}
+
+
+def test_lone_surrogate_in_a_csv_cell_and_a_corpus(tmp_path: Path) -> None:
+    from gumbel_rag.data import load_corpus
+
+    path = tmp_path / "log.csv"
+    path.write_text('question,answer,candidates\nq,a,"[""x\\ud800""]"\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"log\.csv:2: field 'candidates\[0\]': holds a lone surrogate"):
+        load_examples(path)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "fine"}\n{"text": "bad \\ud800"}\n')
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: field 'text': holds a lone surrogate"):
+        load_corpus(corpus)
+
+
+def test_whole_file_problems_are_errors_even_when_skipping(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"question": "q", "answer": "a"},\n{"question": \n')
+    with pytest.raises(DataError, match=r"broken\.json:\d+: malformed JSON"):
+        load_examples(broken, skip_invalid=True)
+    parquet = tmp_path / "broken.parquet"
+    parquet.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        load_examples(parquet, skip_invalid=True)

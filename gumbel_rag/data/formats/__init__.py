@@ -13,6 +13,7 @@ from gumbel_rag.data.formats.musique import parse_musique_row
 from gumbel_rag.data.formats.qalog import (
     Row,
     Where,
+    check_example_text,
     container_of,
     parse_qalog_row,
     peek_row,
@@ -113,6 +114,7 @@ def load_examples(
             if isinstance(row, DataError):
                 raise row
             example = parse(row, (str(path), line), encoded)
+            check_example_text(example, (str(path), line))
         except DataError as err:
             if not skip_invalid:
                 raise

@@ -18,6 +18,8 @@ from gumbel_rag.data.schema import Candidate, DataError, QAExample
 __all__ = [
     "Container",
     "Where",
+    "check_example_text",
+    "check_text",
     "container_of",
     "parse_candidate",
     "parse_qalog_row",
@@ -98,6 +100,50 @@ def as_text(value: Any, where: Where, field: str, kind: str, *, empty_ok: bool =
     if not empty_ok and not value.strip():
         raise fail(where, field, "is empty", f"empty {kind}")
     return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any, field: str) -> tuple[str, int, str] | None:
+    """The first lone surrogate in a value (strings, lists, dicts, keys included): (field, offset, char).
+
+    JSON escapes such as ``"\\ud800"`` decode to one; it is not text, and tokenizers fail on it.
+    """
+    if isinstance(value, str):
+        match = _SURROGATE.search(value)
+        return (field, match.start(), match.group()) if match else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = lone_surrogate(key, field) or lone_surrogate(item, f"{field}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = lone_surrogate(item, f"{field}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_text(value: Any, where: Where, field: str) -> None:
+    """Raise DataError naming the field if ``value`` holds a lone surrogate."""
+    found = lone_surrogate(value, field)
+    if found:
+        name, offset, char = found
+        msg = f"holds a lone surrogate (\\u{ord(char):04x} at offset {offset}), not text: fix its escape"
+        raise fail(where, name, msg, "lone surrogate")
+
+
+def check_example_text(example: QAExample, where: Where) -> None:
+    """Raise DataError naming the row and field if any string of the example holds a lone surrogate."""
+    check_text(example.question, where, "question")
+    check_text(example.answers, where, "answers")
+    check_text(example.id, where, "id")
+    for i, c in enumerate(example.candidates):
+        for name, value in (("text", c.text), ("title", c.title), ("id", c.id), ("metadata", c.metadata)):
+            check_text(value, where, f"candidates[{i}].{name}")
+    check_text(example.metadata, where, "metadata")
 
 
 def as_metadata(value: Any, where: Where, field: str, encoded: bool) -> dict[str, Any]:
@@ -504,6 +550,7 @@ def parse_candidate(value: Any, where: Where, field: str, encoded: bool) -> tupl
         return f"{field}.{name}" if field else name
 
     if isinstance(value, str):
+        check_text(value, where, field or "text")
         return Candidate(text=value), None
     if not isinstance(value, dict):
         msg = f"expected a string or an object with 'text', got {type_name(value)}"
@@ -522,9 +569,13 @@ def parse_candidate(value: Any, where: Where, field: str, encoded: bool) -> tupl
         k: v for k, v in value.items() if k not in _CANDIDATE_KEYS and v is not None and not is_index(k)
     }
     metadata = {**extras, **as_metadata(value.get("metadata"), where, sub("metadata"), encoded)}
-    return Candidate(
+    candidate = Candidate(
         text=text, id=as_id(value.get("id"), where, sub("id")), title=title, metadata=metadata
-    ), flag
+    )
+    check_text(candidate.text, where, sub("text"))
+    check_text(candidate.title, where, sub("title"))
+    check_text(candidate.metadata, where, sub("metadata"))
+    return candidate, flag
 
 
 def answer_list(value: Any, where: Where, key: str) -> list[str]:
