@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gumbel_rag.data import DataError, load_examples
+from gumbel_rag.data import Candidate, DataError, QAExample, load_examples, write_qalog
 
 HEADER = "id,question,answer"
 
@@ -216,3 +216,70 @@ def test_whole_file_problems_are_errors_even_when_skipping(tmp_path: Path) -> No
     parquet.write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match="not a readable Parquet file"):
         load_examples(parquet, skip_invalid=True)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _pandas_metadata() -> dict:
+    import datetime as dt
+    from decimal import Decimal
+
+    import numpy as np
+
+    return {
+        "when": dt.datetime(2026, 1, 2, 3, 4, 5),
+        "price": Decimal("1.5"),
+        "n": np.int64(3),
+        "day": dt.date(2026, 1, 2),
+    }
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.json", "out.csv", "out.parquet", "out.jsonl.gz"])
+def test_write_qalog_makes_metadata_json_safe(tmp_path: Path, name: str) -> None:
+    example = QAExample("Q?", ["A"], [Candidate("doc", id="d1", metadata=_pandas_metadata())], gold=[0],
+                        metadata=_pandas_metadata())  # fmt: skip
+    write_qalog([example], tmp_path / name)
+    [loaded], _ = load_examples(tmp_path / name)
+    expected = {"when": "2026-01-02T03:04:05", "price": 1.5, "n": 3, "day": "2026-01-02"}
+    assert loaded.metadata == expected and loaded.candidates[0].metadata == expected
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.csv", "out.parquet", "out.jsonl.gz"])
+def test_failed_write_leaves_the_previous_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    good = [QAExample(f"Q{i}?", ["A"]) for i in range(3)]
+    write_qalog(good, path)
+    before = path.read_bytes()
+    bad = [*good, QAExample("Q\ud800?", ["A"], source="in.jsonl:4")]
+    with pytest.raises(DataError, match=r"cannot write example 4 \(in\.jsonl:4\): field 'question'"):
+        write_qalog(bad, path)
+
+    class Unwritable:
+        def __str__(self) -> str:
+            raise RuntimeError("a value that cannot be written")
+
+    with pytest.raises(RuntimeError):
+        write_qalog([*good, QAExample("Q?", ["A"], metadata={"x": Unwritable()})], path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left behind
+
+
+def test_mine_output_survives_a_failed_run_and_takes_datetime_corpus_metadata(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from gumbel_rag.cli import main
+
+    questions = tmp_path / "qa.jsonl"
+    questions.write_text('{"question": "Which river flows through Quenby?", "answer": "Zorblax"}\n')
+    corpus = tmp_path / "corpus.parquet"
+    frame = pd.DataFrame(
+        {"text": ["The Zorblax river flows through Quenby.", "Bananas are yellow."],
+         "added": pd.to_datetime(["2026-01-01", "2026-02-01"]), "price": [1.5, float("nan")]}
+    )  # fmt: skip
+    frame.to_parquet(corpus)
+    out = tmp_path / "mined.jsonl"
+    args = ["mine", "--data", str(questions), "--corpus", str(corpus), "--output", str(out), "--top-n", "2"]
+    assert main(args) == 0
+    [example], _ = load_examples(out)
+    assert example.candidates[0].metadata["added"] == "2026-01-01T00:00:00"

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from gumbel_rag.data.files import atomic_write, json_safe
 from gumbel_rag.data.schema import Candidate, DataError, QAExample
 
 __all__ = [
@@ -178,7 +179,7 @@ def container_of(path: str | Path) -> Container:
 
 
 def _read_bytes(path: Path) -> bytes:
-    with _gzip_errors(path), _open_binary(path, "rb") as fh:
+    with _gzip_errors(path), _open_binary(path) as fh:
         data = fh.read()
     # A UTF-8 byte-order mark (Excel writes one) is not content.
     return data.removeprefix(b"\xef\xbb\xbf")
@@ -509,12 +510,12 @@ def _gzip_errors(p: Path) -> Iterator[None]:
         raise DataError(msg, path=str(p), reason="unreadable file") from None
 
 
-def _open_binary(p: Path, mode: Literal["rb", "wb"]) -> BinaryIO:
-    return gzip.open(p, mode) if p.suffix.lower() == ".gz" else p.open(mode)
+def _open_binary(p: Path) -> BinaryIO:
+    return gzip.open(p, "rb") if p.suffix.lower() == ".gz" else p.open("rb")
 
 
 def _open_text(p: Path) -> io.TextIOWrapper:
-    return io.TextIOWrapper(_open_binary(p, "rb"), encoding="utf-8-sig", errors="replace", newline="")
+    return io.TextIOWrapper(_open_binary(p), encoding="utf-8-sig", errors="replace", newline="")
 
 
 def _peek_json_array(fh: io.TextIOWrapper) -> dict[str, Any] | None:
@@ -714,16 +715,9 @@ def example_record(ex: QAExample) -> dict[str, Any]:
     return record
 
 
-def _json_default(value: Any) -> Any:
-    # numpy scalars and arrays are common in metadata that came through pandas.
-    for attr in ("tolist", "item"):
-        if hasattr(value, attr):
-            return getattr(value, attr)()
-    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON serialisable")
-
-
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=_json_default)
+    # Metadata that came through pandas holds datetimes, Decimals and numpy values: made JSON-safe.
+    return json.dumps(json_safe(value), ensure_ascii=False)
 
 
 def _table_cells(ex: QAExample) -> dict[str, Any]:
@@ -745,9 +739,8 @@ def _table_cells(ex: QAExample) -> dict[str, Any]:
     }
 
 
-def _write_parquet(examples: Iterable[QAExample], path: Path) -> None:
+def _parquet_table(examples: Iterable[QAExample]) -> Any:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     # An explicit schema: inference fails on all-null columns and would turn metadata into structs
     # whose union of keys breaks round-trips, so metadata travels as JSON text.
@@ -764,7 +757,7 @@ def _write_parquet(examples: Iterable[QAExample], path: Path) -> None:
             ("metadata", pa.string()),
         ]
     )
-    pq.write_table(pa.Table.from_pylist([_table_cells(ex) for ex in examples], schema=schema), path)
+    return pa.Table.from_pylist([_table_cells(ex) for ex in examples], schema=schema)
 
 
 def _write_csv(examples: Iterable[QAExample], fh: io.TextIOWrapper, delimiter: str) -> None:
@@ -784,16 +777,41 @@ def _write_csv(examples: Iterable[QAExample], fh: io.TextIOWrapper, delimiter: s
         )
 
 
+def _check_writable(examples: Sequence[QAExample], path: Path) -> None:
+    for i, ex in enumerate(examples, start=1):
+        try:
+            check_example_text(ex, (ex.source or f"example {i}", 0))
+        except DataError as err:
+            origin = ex.source or ex.id or "no source"
+            msg = f"cannot write example {i} ({origin}): field '{err.field}' {err.message}"
+            raise DataError(msg, path=str(path), reason=err.reason) from None
+
+
 def write_qalog(examples: Iterable[QAExample], path: str | Path) -> None:
-    """Write examples as a QA log; the extension picks JSONL (.jsonl), JSON array, CSV, TSV or Parquet."""
+    """Write examples as a QA log; the extension picks JSONL (.jsonl), JSON array, CSV, TSV or Parquet.
+
+    Written whole or not at all (:func:`~gumbel_rag.data.files.atomic_write`): a failure half-way
+    leaves the previous file as it was. Metadata values are made JSON-safe first (datetimes and
+    Decimals as text or numbers, numpy values as numbers); a lone surrogate is refused before writing.
+    """
     p = Path(path)
     container = container_of(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
     examples = list(examples)
+    _check_writable(examples, p)
     if container == "parquet":
-        _write_parquet(examples, p)
+        import pyarrow.parquet as pq
+
+        table = _parquet_table(examples)
+        with atomic_write(p, "wb") as raw:
+            pq.write_table(table, raw)
         return
-    with io.TextIOWrapper(_open_binary(p, "wb"), encoding="utf-8", newline="") as fh:
+    with atomic_write(p, "wb") as raw:
+        gz = (
+            gzip.GzipFile(filename=p.stem, fileobj=raw, mode="wb", mtime=0)
+            if p.suffix.lower() == ".gz"
+            else None
+        )
+        fh = io.TextIOWrapper(gz or raw, encoding="utf-8", newline="")
         if container in ("csv", "tsv"):
             _write_csv(examples, fh, "," if container == "csv" else "\t")
         elif container == "json":
@@ -801,3 +819,8 @@ def write_qalog(examples: Iterable[QAExample], path: str | Path) -> None:
         else:
             for ex in examples:
                 fh.write(_dumps(example_record(ex)) + "\n")
+        # Detached, not closed: atomic_write syncs and closes the file itself.
+        fh.flush()
+        fh.detach()
+        if gz is not None:
+            gz.close()
