@@ -283,3 +283,7 @@ def test_mine_output_survives_a_failed_run_and_takes_datetime_corpus_metadata(tm
     assert main(args) == 0
     [example], _ = load_examples(out)
     assert example.candidates[0].metadata["added"] == "2026-01-01T00:00:00"
+    before = out.read_bytes()
+    questions.write_text('{"question": "Which river?", "answer": "Zorblax"}\n{"broken\n')
+    assert main(args) == 2  # a bad row: an error, and the previous output is untouched
+    assert out.read_bytes() == before

@@ -25,14 +25,16 @@ __all__ = [
     "parse_candidate",
     "parse_qalog_row",
     "peek_row",
+    "read_bytes",
     "read_rows",
+    "rows_of_bytes",
     "write_qalog",
 ]
 
 Container = Literal["jsonl", "json", "csv", "tsv", "parquet"]
 # (path as the user gave it, 1-based line / row / record number)
 Where = tuple[str, int]
-Row = tuple[int, "dict[str, Any] | DataError"]
+Row = tuple[int, "dict[str, Any] | DataError"]  # with read_rows(raw=True), a JSON string row too
 
 _EXTENSIONS: dict[str, Container] = {
     ".jsonl": "jsonl",
@@ -178,7 +180,8 @@ def container_of(path: str | Path) -> Container:
     return _EXTENSIONS[ext]
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, decompressed if it ends in .gz, without a UTF-8 byte-order mark."""
     with _gzip_errors(path), _open_binary(path) as fh:
         data = fh.read()
     # A UTF-8 byte-order mark (Excel writes one) is not content.
@@ -192,7 +195,8 @@ def _utf8_error(where: Where, exc: UnicodeDecodeError, column_base: int = 0) -> 
     )
 
 
-def _jsonl_rows(path: str, data: bytes) -> Iterator[Row]:
+def _jsonl_rows(path: str, data: bytes, strings: bool = False) -> Iterator[Row]:
+    # Split at \n only: U+2028 and friends may occur inside JSON strings (str.splitlines would cut there).
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
@@ -210,7 +214,7 @@ def _jsonl_rows(path: str, data: bytes) -> Iterator[Row]:
                 fail(where, None, f"malformed JSON: {exc.msg} (column {exc.colno})", "malformed JSON"),
             )
             continue
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) and not (strings and isinstance(value, str)):
             yield (
                 number,
                 fail(where, None, f"expected a JSON object, got {type_name(value)}", "not an object"),
@@ -219,7 +223,7 @@ def _jsonl_rows(path: str, data: bytes) -> Iterator[Row]:
         yield number, value
 
 
-def _json_array_rows(path: str, data: bytes) -> Iterator[Row]:
+def _json_array_rows(path: str, data: bytes, strings: bool = False) -> Iterator[Row]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -234,7 +238,7 @@ def _json_array_rows(path: str, data: bytes) -> Iterator[Row]:
             (path, 1), None, f"expected a JSON array of objects, got {type_name(value)}", "not an array"
         )
     for number, item in enumerate(value, start=1):
-        if isinstance(item, dict):
+        if isinstance(item, dict) or (strings and isinstance(item, str)):
             yield number, item
         else:
             yield (
@@ -432,24 +436,31 @@ def _parquet_rows(path: str, file: Path) -> Iterator[Row]:
     yield from enumerate(records, start=1)
 
 
-def read_rows(path: str | Path) -> tuple[list[Row], bool]:
+def read_rows(path: str | Path, *, raw: bool = False) -> tuple[list[Row], bool]:
     """All rows of a file as ``(line, dict | DataError)``, and whether cells may hold JSON strings.
 
     File-level problems (unreadable Parquet, a broken JSON array) raise DataError; row-level problems
-    are returned in place of the row so that callers can skip them and go on.
+    are returned in place of the row so that callers can skip them and go on. ``raw``: rows as the
+    user wrote them, for documents: a JSON string is a row too, and an empty CSV cell stays "".
     """
     p = Path(path)
-    name = str(path)
     container = container_of(p)
     if container == "parquet":
-        return list(_parquet_rows(name, p)), True
-    data = _read_bytes(p)
+        return list(_parquet_rows(str(path), p)), True
+    return rows_of_bytes(str(path), read_bytes(p), container, raw=raw)
+
+
+def rows_of_bytes(
+    name: str, data: bytes, container: Container, *, raw: bool = False
+) -> tuple[list[Row], bool]:
+    """:func:`read_rows` for bytes already read (a text container; ``name`` is used in errors)."""
     if container in ("csv", "tsv"):
-        return _csv_rows(name, data, "," if container == "csv" else "\t"), True
+        delimiter = "," if container == "csv" else "\t"
+        return _csv_rows(name, data, delimiter, empty_as_none=not raw), True
     if container == "json" and data.lstrip()[:1] == b"[":
-        return list(_json_array_rows(name, data)), False
+        return list(_json_array_rows(name, data, strings=raw)), False
     # A .json file that is not an array is read as JSON Lines (MuSiQue ships JSONL named either way).
-    return list(_jsonl_rows(name, data)), False
+    return list(_jsonl_rows(name, data, strings=raw)), False
 
 
 def peek_row(path: str | Path) -> tuple[int, dict[str, Any]] | None:
