@@ -534,7 +534,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_output_dir(args.output)
     examples, summary = _load(args.data, args.format, args.skip_invalid)
     print(f"loaded {summary}")
-    examples, usable = filter_trainable(examples, args.k)
+    examples, usable = filter_trainable(examples, args.k, need_answers=args.method != "supervised")
     print(f"trainable with k={args.k}: {usable}")
     dev, dev_summary = None, LoadSummary()
     if args.dev is not None:
@@ -561,11 +561,57 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retriever(args: argparse.Namespace, state: Any = None) -> Any:
+    """What --retriever / --encoder ask for (checked by _check_retrieval): "bm25", "dense" or an encoder."""
+    if args.encoder is None:
+        return args.retriever
+    from gumbel_rag.reranker import GumbelReranker
+
+    device = state.device if state is not None else None
+    return GumbelReranker.from_pretrained(args.encoder, kind="bi-encoder", device=device)
+
+
+def _check_retrieval(args: argparse.Namespace) -> None:
+    from gumbel_rag.errors import ConfigError
+
+    if args.encoder is not None and args.retriever != "dense":
+        raise ConfigError("--encoder needs --retriever dense")
+    _check_model(args.encoder, "--encoder")
+
+
+def _beir_examples(args: argparse.Namespace) -> tuple[list, Any, dict[str, Any]]:
+    """A BEIR split with candidates retrieved by --retriever and gold from its qrels."""
+    from gumbel_rag.data import mine_candidates
+    from gumbel_rag.data.formats.beir import apply_qrels, candidate_recall, load_beir
+    from gumbel_rag.errors import ConfigError
+
+    if args.format != "auto":
+        raise ConfigError(f"--format {args.format}: a BEIR folder has its own format; leave --format out")
+    data = load_beir(args.data)
+    _check_retrieval(args)
+    _check_model(args.reranker, "--reranker")
+    mined = mine_candidates(data.examples, data.corpus, _retriever(args), top_n=args.top_n)
+    examples, summary = apply_qrels(mined)
+    retrieval = {
+        "qrels": str(data.qrels_file),
+        "retriever": args.encoder or args.retriever,
+        "top_n": args.top_n,
+        "corpus_documents": len(data.corpus),
+        "candidate_recall": candidate_recall(examples),
+    }
+    return examples, summary, retrieval
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from gumbel_rag.data import DataError
     from gumbel_rag.data.files import json_safe
+    from gumbel_rag.data.formats.beir import is_beir
 
-    examples, summary = _load([args.data], args.format, args.skip_invalid)
+    retrieval: dict[str, Any] | None = None
+    if is_beir(args.data):
+        examples, summary, retrieval = _beir_examples(args)
+    else:
+        examples, summary = _load([args.data], args.format, args.skip_invalid)
     skipped_file = _report_skips(summary, args.skipped_rows or Path(SKIPPED_ROWS_FILE))
     if not any(ex.gold for ex in examples) and not (args.answers and any(ex.answers for ex in examples)):
         msg = (
@@ -598,10 +644,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 rankings=rankings,
             )
         )
+    if not any(ex.answers for ex in examples if ex.gold):
+        # Without answers no document is known to hold one, so every gold one would count as indirect.
+        metrics = {k: v for k, v in metrics.items() if not k.startswith(("indirect_recall@", "n_indirect"))}
     if args.json:
         report = {
             "data": str(args.data),
             "reranker": args.reranker or "default",
+            **({"retrieval": retrieval} if retrieval else {}),
             "loaded": summary.loaded,
             "skipped": summary.n_skipped,
             "skipped_by_reason": summary.skipped,
@@ -613,6 +663,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     print(f"loaded {summary}")
+    if retrieval:
+        recall = retrieval["candidate_recall"]
+        found = "n/a" if recall is None else f"{recall:.3f}"
+        print(
+            f"candidates: {retrieval['retriever']} top-{args.top_n} of {retrieval['corpus_documents']} "
+            f"documents ({retrieval['qrels']}; share of the relevant documents retrieved: {found})"
+        )
     print(f"gold: {_gold_line(summary.gold_sources)}")
     for key, value in metrics.items():
         print(f"{key:>20}  {value:.4f}" if isinstance(value, float) else f"{key:>20}  {value}")
@@ -633,29 +690,31 @@ def _launcher_state() -> Any:
 
 def _cmd_mine(args: argparse.Namespace) -> int:
     from gumbel_rag.data import load_corpus, mine_candidates, write_qalog
+    from gumbel_rag.data.formats.beir import apply_qrels, is_beir, load_beir
     from gumbel_rag.errors import ConfigError
 
-    if args.encoder is not None and args.retriever != "dense":
-        raise ConfigError("--encoder needs --retriever dense")
-    if args.corpus is None:
+    beir = is_beir(args.data)
+    if beir and args.corpus is not None:
+        raise ConfigError("--corpus: a BEIR folder brings its own corpus.jsonl; leave --corpus out")
+    if not beir and args.corpus is None:
         raise ConfigError("--corpus is required (the documents to retrieve candidates from)")
     _check_output_file(args.output)
-    examples, summary = _load([args.data], args.format, args.skip_invalid)
-    corpus = load_corpus(args.corpus)
+    _check_retrieval(args)
+    if beir:
+        data = load_beir(args.data)
+        examples, corpus, summary = data.examples, data.corpus, data.summary
+    else:
+        examples, summary = _load([args.data], args.format, args.skip_invalid)
+        corpus = load_corpus(args.corpus)
     state = _launcher_state()
     main_process = state is None or state.is_main_process
     if main_process:
         _report_skips(
             summary, args.skipped_rows or args.output.with_name(f"{args.output.name}.{SKIPPED_ROWS_FILE}")
         )
-    retriever: Any = args.retriever
-    if args.encoder is not None:
-        from gumbel_rag.reranker import GumbelReranker
-
-        _check_model(args.encoder, "--encoder")
-        device = state.device if state is not None else None
-        retriever = GumbelReranker.from_pretrained(args.encoder, kind="bi-encoder", device=device)
-    mined = mine_candidates(examples, corpus, retriever, top_n=args.top_n, accelerator=state)
+    mined = mine_candidates(examples, corpus, _retriever(args, state), top_n=args.top_n, accelerator=state)
+    if beir:
+        mined, _ = apply_qrels(mined)  # gold: the retrieved documents the qrels judge relevant
     if main_process:
         write_qalog(mined, args.output)
         print(f"mined {summary}; wrote {args.output}")

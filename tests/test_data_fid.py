@@ -92,3 +92,26 @@ def test_bad_ctx_is_located(tmp_path: Path, ctx: dict, field: str) -> None:
     path.write_text(json.dumps({"question": "q", "ctxs": []}) + "\n")
     with pytest.raises(DataError, match=r"field 'answers': missing \(give 'answers', 'answer' or 'target'\)"):
         load_examples(path)
+
+
+def test_eval_train_and_mine_read_fid_without_format(tiny_bi_encoder_dir, tmp_path: Path, capsys) -> None:
+    from gumbel_rag.cli import main
+
+    path = tmp_path / "nq-dev.json"
+    path.write_text(json.dumps(DPR_ROWS))
+    assert main(["eval", "--data", str(path), "--reranker", str(tiny_bi_encoder_dir), "--k", "1"]) == 0
+    out = capsys.readouterr().out
+    # Only the first question has a has_answer passage; eval says which rule gave the gold.
+    assert "gold: has_answer passages (DPR convention) (2 rows)" in out and re.search(r"\bn\s+1\b", out)
+    assert main(["eval", "--data", str(path), "--reranker", str(tiny_bi_encoder_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gold_source"] == {GOLD_HAS_ANSWER: 2}
+    out_dir = tmp_path / "model"
+    assert main(["train", "--data", str(path), "--output", str(out_dir), "--method", "supervised", "--k", "2",
+                 "--reranker", str(tiny_bi_encoder_dir), "--max-steps", "1", "--no-progress",
+                 "--mixed-precision", "no"]) == 0  # fmt: skip
+    assert "trainable with k=2: 1 example, 1 skipped" in capsys.readouterr().out
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("unused\n")
+    mined = tmp_path / "mined.jsonl"
+    assert main(["mine", "--data", str(path), "--corpus", str(corpus), "--output", str(mined)]) == 0
+    assert load_examples(mined)[0] == load_examples(path)[0]  # rows with candidates pass through

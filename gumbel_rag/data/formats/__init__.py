@@ -170,20 +170,29 @@ def _origin(ex: QAExample, position: int) -> tuple[str, int]:
     return ex.id or "<examples>", position + 1
 
 
-def filter_trainable(examples: Sequence[QAExample], k: int) -> tuple[list[QAExample], LoadSummary]:
-    """Keep the rows that can teach a top-``k`` reranker: those with more than ``k`` candidates."""
+def filter_trainable(
+    examples: Sequence[QAExample], k: int, *, need_answers: bool = True
+) -> tuple[list[QAExample], LoadSummary]:
+    """Keep the rows that can teach a top-``k`` reranker: those with more than ``k`` candidates.
+
+    ``need_answers``: the method learns from a reader's answer loss, so rows without an answer (the
+    retrieval-only rows of a BEIR folder) are left out too; a supervised method needs none.
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     kept: list[QAExample] = []
     summary = LoadSummary()
     for position, ex in enumerate(examples):
         n = len(ex.candidates)
+        path, line = _origin(ex, position)
+        if need_answers and not ex.answers:
+            summary.skip(path, line, "no answer", f"{path}:{line}: no answer for the reader to learn from")
+            continue
         if n > k:
             kept.append(ex)
             continue
         # With n <= k the top-k keeps every candidate whatever the scores, so no gradient reaches them.
         reason = "no candidates" if n == 0 else f"at most k={k} candidates"
-        path, line = _origin(ex, position)
         summary.skip(path, line, reason, f"{path}:{line}: {n} candidate{'s' * (n != 1)}, need more than {k}")
     summary.loaded = len(kept)
     return kept, summary

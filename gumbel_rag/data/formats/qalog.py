@@ -599,7 +599,9 @@ def answer_list(value: Any, where: Where, key: str) -> list[str]:
     else:
         if isinstance(value, list):
             bad = [a for a in value if not isinstance(a, str)]
-            got = f"a list containing {type_name(bad[0])}" if bad else "an empty list"
+            got = (
+                f"a list containing {type_name(bad[0])}" if bad else "an empty list (only rows with gold may)"
+            )
         else:
             got = type_name(value)
         raise fail(where, key, f"expected a string or a list of strings, got {got}", "bad answer")
@@ -608,9 +610,14 @@ def answer_list(value: Any, where: Where, key: str) -> list[str]:
     return items
 
 
-def parse_answers(row: dict[str, Any], where: Where, encoded: bool) -> list[str]:
-    """``answer`` (a string or list of strings) and/or ``answers``; ``answer`` comes first."""
+def parse_answers(row: dict[str, Any], where: Where, encoded: bool, *, labelled: bool = False) -> list[str]:
+    """``answer`` (a string or list of strings) and/or ``answers``; ``answer`` comes first.
+
+    ``labelled``: the row has gold labels, so ``"answers": []`` is allowed (a retrieval-only row, as
+    mined from a BEIR folder: good for ranking metrics and supervised training) and gives ``[]``.
+    """
     answers: list[str] = []
+    empty = False
     for key in ("answer", "answers"):
         value = row.get(key)
         if value is None:
@@ -622,10 +629,20 @@ def parse_answers(row: dict[str, Any], where: Where, encoded: bool) -> list[str]
                 decoded = None
             # Only a JSON list counts as encoded; any other cell text is itself the answer.
             value = decoded if isinstance(decoded, list) else value
+        if key == "answers" and value == [] and labelled:
+            empty = True
+            continue
         answers.extend(a for a in answer_list(value, where, key) if a not in answers)
-    if not answers:
+    if not answers and not empty:
         raise fail(where, "answer", "missing (give 'answer' or 'answers')", "missing answer")
     return answers
+
+
+def _labelled(row: dict[str, Any], candidates: Any) -> bool:
+    flags = isinstance(candidates, list) and any(
+        isinstance(c, dict) and c.get("gold") is not None for c in candidates
+    )
+    return row.get("gold") is not None or flags
 
 
 def resolve_gold(
@@ -672,10 +689,10 @@ def is_index(key: str) -> bool:
 def parse_qalog_row(row: dict[str, Any], where: Where, encoded: bool = False) -> QAExample:
     """One QA-log row -> QAExample; raises DataError naming the field at fault."""
     question = as_text(row.get("question"), where, "question", "question", empty_ok=False)
-    answers = parse_answers(row, where, encoded)
     raw_candidates = row.get("candidates")
     if encoded:
         raw_candidates = decode_json_cell(raw_candidates, where, "candidates")
+    answers = parse_answers(row, where, encoded, labelled=_labelled(row, raw_candidates))
     if raw_candidates is None:
         raw_candidates = []
     if not isinstance(raw_candidates, list):
