@@ -58,6 +58,9 @@ def test_model_that_is_a_file_or_missing(tmp_path: Path, log: Path, capsys) -> N
     _one_error(capsys, r"--reranker /nonexistent/model-dir: no such model directory")
     assert main(["eval", "--data", str(log), "--answers", "--reader", str(docs)]) == 2
     _one_error(capsys, r"--reader \S+docs\.txt: is a file; expected a model directory, a \.gguf file or .*")
+    # A hub name that cannot be had (offline here): the loader's error, as one line.
+    assert main(["eval", "--data", str(log), "--reranker", "nobody/no-such-model"]) == 2
+    _one_error(capsys, r".*'nobody/no-such-model'.*")
 
 
 def test_nothing_to_train_is_found_before_any_model(tmp_path: Path, capsys) -> None:
