@@ -129,8 +129,24 @@ def lone_surrogate(value: Any, field: str) -> tuple[str, int, str] | None:
     return None
 
 
+def _strings(value: Any, out: list[str]) -> list[str]:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _strings(key, out)
+            _strings(item, out)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _strings(item, out)
+    return out
+
+
 def check_text(value: Any, where: Where, field: str) -> None:
     """Raise DataError naming the field if ``value`` holds a lone surrogate."""
+    # One regex pass over all the strings; the walk that names the field only runs when one is found.
+    if not _SURROGATE.search("".join(_strings(value, []))):
+        return
     found = lone_surrogate(value, field)
     if found:
         name, offset, char = found
@@ -140,6 +156,11 @@ def check_text(value: Any, where: Where, field: str) -> None:
 
 def check_example_text(example: QAExample, where: Where) -> None:
     """Raise DataError naming the row and field if any string of the example holds a lone surrogate."""
+    fields = [example.question, example.answers, example.id, example.metadata]
+    for c in example.candidates:
+        fields += [c.text, c.title, c.id, c.metadata]
+    if not _SURROGATE.search("".join(_strings(fields, []))):
+        return
     check_text(example.question, where, "question")
     check_text(example.answers, where, "answers")
     check_text(example.id, where, "id")
@@ -247,9 +268,12 @@ def _json_array_rows(path: str, data: bytes, strings: bool = False) -> Iterator[
             )
 
 
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def _has_surrogates(text: str) -> bool:
     # Undecodable bytes were mapped to lone surrogates by errors="surrogateescape".
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    return _ESCAPED_BYTE.search(text) is not None
 
 
 def _csv_rows(path: str, data: bytes, delimiter: str, *, empty_as_none: bool = True) -> list[Row]:
@@ -340,14 +364,18 @@ class _CsvRecords:
             raise fail((self.path, 1), None, "not valid UTF-8 in the header", "not UTF-8")
         self.header = [h.strip() for h in header]
         body = self.source.pos
-        # First pass: how this file's one-line records look, column by column.
-        self.kinds = [set() for _ in self.header]
-        for start, end, cells in self._records(body, check=False):
-            if end - start == 1 and not isinstance(cells, DataError):
+        records = list(self._records(body, check=False))
+        one_line = [cells for start, end, cells in records if end - start == 1 and isinstance(cells, list)]
+        if len(one_line) < sum(isinstance(cells, list) for _, _, cells in records):
+            # Multi-line records: learn how the file's one-line records look, column by column, and read
+            # again checking that none of them swallowed rows.
+            self.kinds = [set() for _ in self.header]
+            for cells in one_line:
                 for kinds, cell in zip(self.kinds, cells, strict=True):
                     kinds.add(_cell_kind(cell))
+            records = list(self._records(body, check=True))
         rows: list[Row] = []
-        for start, _, cells in self._records(body, check=True):
+        for start, _, cells in records:
             if isinstance(cells, DataError):
                 rows.append((start + 1, cells))
             elif any(_has_surrogates(c) for c in cells):
