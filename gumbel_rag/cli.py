@@ -696,6 +696,8 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     beir = is_beir(args.data)
     if beir and args.corpus is not None:
         raise ConfigError("--corpus: a BEIR folder brings its own corpus.jsonl; leave --corpus out")
+    if beir and args.format != "auto":
+        raise ConfigError(f"--format {args.format}: a BEIR folder has its own format; leave --format out")
     if not beir and args.corpus is None:
         raise ConfigError("--corpus is required (the documents to retrieve candidates from)")
     _check_output_file(args.output)

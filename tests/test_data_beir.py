@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gumbel_rag.cli import main
-from gumbel_rag.data import DataError, filter_trainable, load_examples, mine_candidates
+from gumbel_rag.data import DataError, filter_trainable, load_examples, load_many, mine_candidates
 from gumbel_rag.data.formats.beir import GOLD_QRELS, apply_qrels, beir_paths, is_beir, load_beir
 
 CORPUS = [
@@ -119,3 +119,14 @@ def test_mine_a_beir_folder_then_train_supervised(
         == 2
     )
     assert "a BEIR folder brings its own corpus.jsonl" in capsys.readouterr().err
+
+
+def test_train_on_a_beir_folder_says_to_mine_it_first(beir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(DataError, match=r"a BEIR folder has queries, a corpus and qrels but no candidates"):
+        load_many([beir])
+    assert main(["train", "--data", str(beir), "--output", str(tmp_path / "m")]) == 2
+    assert "gumbel-rag mine --data" in capsys.readouterr().err
+    assert (
+        main(["mine", "--data", str(beir), "--format", "qalog", "--output", str(tmp_path / "x.jsonl")]) == 2
+    )
+    assert "a BEIR folder has its own format" in capsys.readouterr().err

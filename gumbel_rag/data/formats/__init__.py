@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gumbel_rag.data.formats.beir import is_beir
 from gumbel_rag.data.formats.detect import FORMATS, Format, format_of_row
 from gumbel_rag.data.formats.fid import fid_gold_source, parse_fid_row
 from gumbel_rag.data.formats.hotpotqa import parse_hotpotqa_row
@@ -133,6 +134,12 @@ def _expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in items:
         p = Path(item)
+        if is_beir(p):
+            msg = (
+                "a BEIR folder has queries, a corpus and qrels but no candidates: retrieve them first "
+                f"('gumbel-rag mine --data {p} --output mined.jsonl'); 'gumbel-rag eval' reads it as it is"
+            )
+            raise DataError(msg, path=str(p), reason="unknown format")
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and _is_data_file(f))
             if not found:
