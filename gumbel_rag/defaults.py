@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "DEFAULT_ANCHOR_TEMPERATURE",
     "DEFAULT_K",
     "DEFAULT_KAPPA",
     "DEFAULT_TAU",
@@ -29,6 +30,8 @@ DEFAULT_KAPPA = 0.25  # scale of the reranker scores before the Gumbel noise
 DEFAULT_TAU = 1.0  # temperature of the relaxed top-k
 DEFAULT_TEMPERATURE = 1.0  # baselines and supervised: temperature T of p_theta = softmax(w / T)
 DEFAULT_TEACHER_TEMPERATURE = 1.0  # pdist/loop/adist: temperature T' of the teacher distribution
+# The anchor guard (gumbel_rag.losses.anchor): softmax temperature of both rankings in its KL term.
+DEFAULT_ANCHOR_TEMPERATURE = 1.0
 
 
 def cache_dir() -> Path:

@@ -23,7 +23,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from gumbel_rag.adapters import add_lora, merge_lora
 from gumbel_rag.checkpoints import (
     LoopState,
     NoiseState,
@@ -56,6 +57,7 @@ from gumbel_rag.distributed import (
     mixed_precision,
     on_every_rank,
     save_model,
+    shards_weights,
     unsharded_template,
     weights_finite,
 )
@@ -98,6 +100,9 @@ TRAJECTORY_FIELDS = (
     "max_steps",
     "max_candidates",
     "validation_fraction",
+    "start_decay",
+    "interpolation",
+    "lora_rank",
     "select_best",
     "early_stopping_patience",
     "eval_every",
@@ -115,6 +120,13 @@ class TrainConfig:
     included) and ``early_stopping_patience`` stops after that many evaluations without improvement.
     The score is the mean Recall@k over ``eval_ks`` when every validation row has gold labels, else the
     reader's answer loss reading the reranker's top k (lower is better).
+
+    Guards that keep what the starting reranker knows (docs/training.md, "Do no harm"): ``start_decay``
+    pulls the weights towards the starting ones after every optimizer step (decoupled L2-SP:
+    ``theta -= lr * start_decay * (theta - theta_0)``); ``interpolation`` saves
+    ``theta_0 + interpolation * (theta - theta_0)`` (WiSE-FT weight-space ensembling; 1 keeps the trained
+    weights); ``lora_rank`` trains low-rank adapters only (:mod:`gumbel_rag.adapters`) and merges them
+    into the saved model. The KL anchor is a loss: :class:`gumbel_rag.losses.anchor.AnchoredLoss`.
 
     ``output_dir`` must not hold an earlier run's model, checkpoints or logs unless ``resume`` (continue
     that run, which must have been started with the same trajectory settings, loss, reader, starting
@@ -142,6 +154,9 @@ class TrainConfig:
     max_steps: int | None = None
     max_candidates: int | None = DEFAULT_MAX_CANDIDATES
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    start_decay: float = 0.0
+    interpolation: float = 1.0
+    lora_rank: int | None = None
     select_best: bool = True
     early_stopping_patience: int | None = DEFAULT_PATIENCE
     nonfinite: str = "skip"
@@ -153,6 +168,10 @@ class TrainConfig:
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("save_total_limit", self.save_total_limit, minimum=1)
         _check_float("validation_fraction", self.validation_fraction, low=0.0, high=0.5)
+        _check_float("start_decay", self.start_decay, low=0.0)
+        _check_float("interpolation", self.interpolation, low=0.0, high=1.0)
+        if self.lora_rank is not None:
+            _check_int("lora_rank", self.lora_rank, minimum=1)
         for name in ("max_steps", "max_candidates", "eval_every", "early_stopping_patience"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
@@ -235,13 +254,18 @@ def split_validation(
 
 
 def trainable_examples(
-    loss: RerankLoss, examples: Sequence[QAExample]
+    loss: RerankLoss | Callable[[QAExample], str | None], examples: Sequence[QAExample]
 ) -> tuple[list[QAExample], LoadSummary]:
-    """The rows ``loss`` can learn from, and a summary of the others (each with the loss's reason)."""
+    """The rows ``loss`` can learn from, and a summary of the others (each with the loss's reason).
+
+    ``loss`` is a loss, or a rule ``example -> reason or None`` such as
+    ``functools.partial(GumbelRerankLoss.row_problem, k=5)`` to check rows before any model is loaded.
+    """
+    rule = loss.skip_reason if isinstance(loss, RerankLoss) else loss
     kept: list[QAExample] = []
     summary = LoadSummary()
     for position, example in enumerate(examples):
-        reason = loss.skip_reason(example)
+        reason = rule(example)
         if reason is None:
             kept.append(example)
             continue
@@ -335,6 +359,17 @@ class _Run:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
+        # Guards: the starting weights (for start_decay / interpolation), taken before any adapter.
+        self._lora = None
+        self._start: dict[str, torch.Tensor] = {}
+        if config.start_decay or config.interpolation < 1 or config.lora_rank:
+            if shards_weights(acc):
+                raise ConfigError(
+                    "start_decay, interpolation and lora_rank are not supported with sharded weights"
+                )
+            self._start = {name: p.detach().clone() for name, p in reranker.named_parameters()}
+        if config.lora_rank:
+            self._lora = add_lora(reranker, config.lora_rank)
         reranker.train()
         optimizer = torch.optim.AdamW(
             [p for p in reranker.parameters() if p.requires_grad],
@@ -511,6 +546,8 @@ class _Run:
         if ok:
             acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
             self.optimizer.step()
+            if config.start_decay:
+                self._decay_to_start(self.scheduler.get_last_lr()[0] * config.start_decay)
             if not on_every_rank(acc, weights_finite(self.model)):
                 lr = self.scheduler.get_last_lr()[0]
                 raise TrainingError(
@@ -538,6 +575,27 @@ class _Run:
         if self.state.step % config.save_every == 0 and self.state.step != self._saved_at:
             self._save()
         self.done = self.state.step >= self.total_steps or self.stopped_early
+
+    @torch.no_grad()
+    def _decay_to_start(self, rate: float) -> None:
+        """theta -= rate * (theta - theta_0) for every trained weight (decoupled L2-SP)."""
+        for name, param in self.accelerator.unwrap_model(self.model).named_parameters():
+            start = self._start.get(name)
+            if param.requires_grad and start is not None:
+                param.sub_(param - start, alpha=rate)
+
+    @torch.no_grad()
+    def _finish_guards(self) -> None:
+        """Merge LoRA adapters into the weights, then interpolate towards the starting weights."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self._lora is not None:
+            merge_lora(model, self._lora)
+            self._lora = None
+        alpha = self.config.interpolation
+        if alpha < 1:
+            for name, param in model.named_parameters():
+                if name in self._start:
+                    param.copy_(self._start[name] + alpha * (param - self._start[name]))
 
     def _save(self) -> None:
         """A checkpoint at the current step, keeping the best one (the model to select) from pruning."""
@@ -671,6 +729,11 @@ class _Run:
                         unwrapped, self.dev, ks=config.eval_ks, accelerator=acc
                     )
                 unwrapped.train()
+        self._finish_guards()
+        if self.dev and (self._lora is not None or config.interpolation < 1 or config.lora_rank):
+            unwrapped = acc.unwrap_model(self.model)
+            self.last_metrics = evaluate_reranker(unwrapped, self.dev, ks=config.eval_ks, accelerator=acc)
+            unwrapped.train()
         acc.wait_for_everyone()
         if not on_every_rank(acc, weights_finite(self.model)):
             raise TrainingError(

@@ -62,12 +62,21 @@ class RerankLoss(nn.Module):
         """What ``forward`` needs for these examples besides the scores (computed without grad)."""
         raise NotImplementedError
 
-    def skip_reason(self, example: QAExample) -> str | None:
-        """Why ``example`` can teach this loss nothing (None when it can); ranking needs two candidates."""
+    @classmethod
+    def row_problem(cls, example: QAExample, **options: Any) -> str | None:
+        """Why ``example`` can teach this kind of loss (with ``options``) nothing; None when it can.
+
+        A class method, so that rows can be checked before any model is loaded; ranking needs two
+        candidates.
+        """
         n = len(example.candidates)
         if n == 0:
             return "no candidates"
         return "one candidate: nothing to rank" if n == 1 else None
+
+    def skip_reason(self, example: QAExample) -> str | None:
+        """Why ``example`` can teach this loss nothing (None when it can), by :meth:`row_problem`."""
+        return self.row_problem(example, **{k: v for k, v in self.options().items() if k != "method"})
 
     def options(self) -> dict[str, Any]:
         """The method name and hyperparameters (JSON values)."""
@@ -92,6 +101,13 @@ class ReaderLoss(RerankLoss):
     def reader(self) -> Reader:
         """The frozen reader."""
         return self.__dict__["_reader"]
+
+    @classmethod
+    def row_problem(cls, example: QAExample, **options: Any) -> str | None:
+        """Rows without an answer give the reader nothing to score; otherwise as :class:`RerankLoss`."""
+        if not example.answers:
+            return "no answer"
+        return super().row_problem(example, **options)
 
     @torch.no_grad()
     def prepare(self, examples: Sequence[QAExample]) -> ReaderBatch:

@@ -51,9 +51,10 @@ class GumbelRerankLoss(ReaderLoss):
         self.kappa = check_finite("kappa", kappa)
         self.tau = check_positive("tau", tau)
 
-    def skip_reason(self, example: QAExample) -> str | None:
-        """Rows with at most k candidates: the top k keeps every one of them whatever the scores."""
-        kept, summary = filter_trainable([example], self.k)
+    @classmethod
+    def row_problem(cls, example: QAExample, k: int = DEFAULT_K, **options: Any) -> str | None:
+        """Rows with no answer or at most k candidates (a top k keeps all of them, whatever the scores)."""
+        kept, summary = filter_trainable([example], k)
         return None if kept else next(iter(summary.skipped))
 
     def forward(

@@ -49,9 +49,10 @@ class SupervisedListwiseLoss(RerankLoss):
         """The (B, N) gold mask of the examples."""
         return gold_mask(examples)
 
-    def skip_reason(self, example: QAExample) -> str | None:
+    @classmethod
+    def row_problem(cls, example: QAExample, **options: Any) -> str | None:
         """Rows without a gold candidate (and rows with fewer than two candidates) teach nothing."""
-        return super().skip_reason(example) or (None if example.gold else "no gold candidate")
+        return super().row_problem(example, **options) or (None if example.gold else "no gold candidate")
 
     def forward(
         self,
