@@ -62,6 +62,38 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow model code from the model directory to run (off by default; only for models you trust)",
     )
+    _add_hub_args(p)
+
+
+def _add_hub_args(p: argparse.ArgumentParser) -> None:
+    # A hub name is downloaded into the Hugging Face cache on first use, as transformers does.
+    p.add_argument(
+        "--local-files-only",
+        action="store_true",
+        help="never download models: use local directories and the Hugging Face cache only "
+        "(like HF_HUB_OFFLINE=1)",
+    )
+    p.add_argument("--revision", default=None, help="hub models: branch, tag or commit to load")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="hub models: access token for private or gated models (default: HF_TOKEN or `hf auth login`)",
+    )
+    p.add_argument(
+        "--cache-folder",
+        default=None,
+        help="Hugging Face cache directory (default: ~/.cache/huggingface/hub)",
+    )
+
+
+def _hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The hub options of the command line, for every model loader."""
+    return {
+        "local_files_only": getattr(args, "local_files_only", False),
+        "revision": getattr(args, "revision", None),
+        "token": getattr(args, "token", None),
+        "cache_folder": getattr(args, "cache_folder", None),
+    }
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -122,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gumbel-rag",
         description="Fine-tune RAG rerankers end to end from question/answer pairs (Gumbel Reranking).",
-        epilog="Run 'gumbel-rag COMMAND --help' for a command's options. Nothing is downloaded: the "
-        "defaults ship as Python packages. Documentation: the docs/ site (mkdocs serve); its CLI page "
-        "lists every option.",
+        epilog="Run 'gumbel-rag COMMAND --help' for a command's options. The defaults ship as Python "
+        "packages (no download); a hub model name is downloaded into the Hugging Face cache on first use "
+        "unless --local-files-only or HF_HUB_OFFLINE=1. Documentation: the docs/ site (mkdocs serve); its "
+        "CLI page lists every option.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -224,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gumbel-rag bi-encoder works too)",
     )
     p.add_argument("--top-n", type=_positive_int, default=10, help="candidates per question")
+    _add_hub_args(p)
 
     p = sub.add_parser(
         "demo",
@@ -275,7 +309,7 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 
     docs = _read_documents(args.documents)
     reranker = GumbelReranker.from_pretrained(
-        args.model, device=args.device, trust_remote_code=args.trust_remote_code
+        args.model, device=args.device, trust_remote_code=args.trust_remote_code, **_hub_kwargs(args)
     )
     ranked = reranker.rerank(
         args.query, [d["text"] for d in docs], top_k=args.top_k, score_threshold=args.score_threshold
@@ -327,7 +361,7 @@ def _load_models(args: argparse.Namespace, reranker_name: str | None) -> tuple[A
     from gumbel_rag import GumbelReranker
 
     reranker = GumbelReranker.from_pretrained(
-        reranker_name, device=args.device, trust_remote_code=args.trust_remote_code
+        reranker_name, device=args.device, trust_remote_code=args.trust_remote_code, **_hub_kwargs(args)
     )
     if getattr(args, "method", "gumbel") == "supervised":
         return reranker, None
@@ -342,6 +376,7 @@ def _load_reader(args: argparse.Namespace) -> Any:
         device=args.device,
         max_document_tokens=args.max_document_tokens,
         trust_remote_code=args.trust_remote_code,
+        **_hub_kwargs(args),
     )
 
 
@@ -380,7 +415,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     examples, summary = _load([args.data], args.format, args.skip_invalid)
     reranker = GumbelReranker.from_pretrained(
-        args.reranker, device=args.device, trust_remote_code=args.trust_remote_code
+        args.reranker, device=args.device, trust_remote_code=args.trust_remote_code, **_hub_kwargs(args)
     )
     # One ranking pass serves both the ranking metrics and the reader's top-k.
     rankings = rank_examples(reranker, examples, progress=not args.json)
@@ -426,13 +461,16 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 
         state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     retriever: Any = args.retriever
-    if args.encoder is not None:
-        if args.retriever != "dense":
-            raise SystemExit("error: --encoder needs --retriever dense")
+    if args.encoder is not None and args.retriever != "dense":
+        raise SystemExit("error: --encoder needs --retriever dense")
+    if args.retriever == "dense":
         from gumbel_rag.reranker import GumbelReranker
 
+        # Under a launcher every process encodes on its own device (its GPU), not all on the first one.
         device = state.device if state is not None else None
-        retriever = GumbelReranker.from_pretrained(args.encoder, kind="bi-encoder", device=device)
+        retriever = GumbelReranker.from_pretrained(
+            args.encoder, kind="bi-encoder", device=device, **_hub_kwargs(args)
+        )
     try:
         summary = mine_file(
             args.data, args.corpus, args.output, retriever=retriever, top_n=args.top_n, accelerator=state

