@@ -22,6 +22,7 @@ __all__ = [
     "BACKENDS",
     "KINDS",
     "LOAD_OPTIONS",
+    "OPTION_NAMES",
     "TRUNCATED_KEY",
     "Backend",
     "ServingOptions",
@@ -234,3 +235,7 @@ class ServingOptions:
         """Keyword arguments for ``GumbelReranker.from_pretrained`` (the model name excluded)."""
         kwargs = {name: getattr(self, name) for name in LOAD_OPTIONS if name != "model"}
         return {**kwargs, "batch_size": self.batch_size}
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ServingOptions) if f.name != "spelling")
+"""Every serving option by its core name (the integrations take each, ``top_n`` spelt their way)."""
