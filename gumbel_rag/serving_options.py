@@ -81,6 +81,17 @@ def _choice(value: Any, label: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _backend(value: Any, label: str) -> str:
+    if value == "onnx":
+        # Stock sentence-transformers rankers take "onnx"; a saved pipeline may say so.
+        raise ConfigError(
+            f"{label}='onnx' is not supported: gumbel-rag runs 'torch' (exact, trainable) or 'openvino' (its "
+            "own compiled CPU path with the same scores); sentence-transformers' ONNX export goes through "
+            "optimum, which this project's transformers version is past. Use 'openvino' or 'torch'"
+        )
+    return _choice(value, label, BACKENDS)
+
+
 def _flag(value: Any, label: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{label} must be True or False, got {value!r}")
@@ -135,7 +146,7 @@ _RULES: dict[str, Any] = {
     "device": _device,
     "batch_size": lambda v, label: _positive_int(v, label, none=None),
     "max_length": lambda v, label: _positive_int(v, label, none="the model's own limit"),
-    "backend": lambda v, label: _choice(v, label, BACKENDS),
+    "backend": lambda v, label: _backend(v, label),
     "cache_max_entries": lambda v, label: _positive_int(v, label, none="no bound"),
     "cache_max_bytes": lambda v, label: _positive_int(v, label, none="no bound"),
     "model_kwargs": _kwargs,

@@ -86,7 +86,7 @@ def test_mine_with_bm25_retriever_end_to_end(
     q1, q2, q3, q4 = examples
     assert q1.candidates[0].id == "berlin" and q1.gold == [0]
     assert q2.candidates[0].id == "nile" and q2.gold == [0]
-    assert q3.candidates[0].metadata == {"added": str(WHEN)}
+    assert q3.candidates[0].metadata == {"added": WHEN.isoformat()}  # gumbel_rag.data.files.json_safe
     assert [c.text for c in q4.candidates] == ["Leonardo painted it."] and q4.gold is None
     # What `gumbel-rag train --k 1` would train on: the rows with more than one candidate.
     trainable, skipped = filter_trainable(examples, k=1)
