@@ -81,7 +81,7 @@ def test_mine_with_bm25_retriever_end_to_end(
             doc = by_id[c.id]
             assert c.text == doc.content and c.title is None
             assert c.metadata == {
-                k: (str(v) if isinstance(v, dt.datetime) else v) for k, v in doc.meta.items()
+                k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in doc.meta.items()
             }
     q1, q2, q3, q4 = examples
     assert q1.candidates[0].id == "berlin" and q1.gold == [0]
