@@ -159,6 +159,10 @@ def fetch_model_files(name: str, filenames: tuple[str, ...], options: HubOptions
                 local_files_only=options.local_files_only,
             )
         except LocalEntryNotFoundError as exc:
+            if downloads_disabled(options) is None:
+                # Online, this means the hub could not be reached (after huggingface_hub's retries):
+                # trying the next file would only wait as long again.
+                raise ModelLoadError(describe_load_error(name, exc, options)) from exc
             # Offline and not cached, or offline and the repository has no such file: told apart below.
             missing_locally = exc
             continue
