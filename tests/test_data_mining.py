@@ -274,3 +274,71 @@ def test_mining_and_evaluation_share_one_answer_rule() -> None:
     assert not answer_in_text(["no"], cases[3][1]) and indirect_gold(
         QAExample(question="q", answers=["no"], candidates=[Candidate(text="no")], gold=[0])
     ) == [0]
+
+
+# ----------------------------------------------------------------------------- mine_qa_log (any retriever)
+
+
+def test_mine_qa_log_with_a_retrieve_callable(tmp_path: Path) -> None:
+    import datetime as dt
+    import threading
+
+    from gumbel_rag.data import mine_qa_log
+
+    calls: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def retrieve(question: str, top_n: int) -> list[dict]:
+        with lock:
+            calls.append((question, top_n))
+        return [{"body": c.text, "key": c.id, "when": dt.date(2024, 1, 2)} for c in CORPUS]
+
+    def to_candidate(doc: dict) -> Candidate:
+        return Candidate(text=doc["body"], id=doc["key"], metadata={"when": doc["when"]})
+
+    kept = QAExample("Q?", ["A"], [Candidate("mine", id="own")], gold=[0])
+    examples = [QUESTIONS[0], QUESTIONS[0], kept, QUESTIONS[1]]
+    out = tmp_path / "mined.jsonl"
+    mined = mine_qa_log(examples, retrieve, out, top_n=2, to_candidate=to_candidate, max_concurrency=2)
+    # A question asked twice is retrieved once; rows with candidates are left alone; hits cut to top_n.
+    assert sorted(calls) == sorted([(QUESTIONS[0].question, 2), (QUESTIONS[1].question, 2)])
+    assert mined[2] is kept and [len(ex.candidates) for ex in mined] == [2, 2, 1, 2]
+    assert mined[0].candidates[0].metadata == {"when": "2024-01-02"}  # JSON-safe, as written
+    assert load_examples(out)[0] == mined
+
+
+def test_mine_qa_log_errors_and_atomic_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gumbel_rag.data.mining as mining
+
+    out = tmp_path / "mined.jsonl"
+    out.write_text("previous\n", encoding="utf8")
+    with pytest.raises(DataError, match="no documents for any of the 2 questions"):
+        mining.mine_qa_log(QUESTIONS[:2], lambda q, n: [], out)
+    with pytest.raises(ConfigError, match="top_n must be a positive integer"):
+        mining.mine_qa_log(QUESTIONS[:2], lambda q, n: [], out, top_n=True)
+    with pytest.raises(TypeError, match="to_candidate"):
+        mining.mine_qa_log(QUESTIONS[:1], lambda q, n: [object()], out)
+
+    def half_write(examples: object, path: Path) -> None:
+        Path(path).write_text('{"question": "trunc', encoding="utf8")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mining, "write_qalog", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        mining.mine_qa_log(QUESTIONS[:1], lambda q, n: ["a doc"], out)
+    assert out.read_text(encoding="utf8") == "previous\n"  # untouched, and no temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == ["mined.jsonl"]
+
+
+def test_amine_qa_log_matches_sync(tmp_path: Path) -> None:
+    import asyncio
+
+    from gumbel_rag.data import amine_qa_log, mine_qa_log
+
+    async def aretrieve(question: str, top_n: int) -> list[Candidate]:
+        await asyncio.sleep(0)
+        return [c for c in CORPUS if any(w in c.text for w in question.split()[-2:])] or CORPUS[:1]
+
+    sync = mine_qa_log(QUESTIONS, lambda q, n: asyncio.run(aretrieve(q, n)), tmp_path / "s.jsonl", top_n=3)
+    result = asyncio.run(amine_qa_log(QUESTIONS, aretrieve, tmp_path / "a.jsonl", top_n=3, max_concurrency=2))
+    assert result == sync and load_examples(tmp_path / "a.jsonl")[0] == sync
