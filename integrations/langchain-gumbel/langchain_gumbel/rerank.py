@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
@@ -21,6 +21,7 @@ from pydantic import (
 from typing_extensions import override
 
 from gumbel_rag import GumbelReranker
+from gumbel_rag.modelfiles import KindOption
 from gumbel_rag.serving import LazyReranker, rank_texts
 from gumbel_rag.serving_options import OPTION_NAMES, TRUNCATED_KEY, Backend, ServingOptions, check_option
 
@@ -67,7 +68,7 @@ class GumbelRerank(BaseDocumentCompressor):
     """Pairs scored per forward pass."""
     device: str | None = None
     """Torch device such as ``"cpu"`` or ``"cuda"``; ``None`` picks one automatically."""
-    kind: Literal["auto", "bi-encoder", "cross-encoder"] = "auto"
+    kind: KindOption = "auto"
     """Model kind; ``"auto"`` detects it from the model files."""
     max_length: int | None = None
     """Token limit per input (longer inputs are truncated and marked); ``None`` keeps the model's."""

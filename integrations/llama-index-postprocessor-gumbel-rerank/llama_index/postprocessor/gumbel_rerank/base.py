@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from typing import Any, Literal
+from typing import Any
 
 from llama_index.core.bridge.pydantic import (
     ConfigDict,
@@ -22,6 +22,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from gumbel_rag import GumbelReranker
+from gumbel_rag.modelfiles import KindOption
 from gumbel_rag.serving import LazyReranker, rank_texts
 from gumbel_rag.serving_options import OPTION_NAMES, TRUNCATED_KEY, Backend, ServingOptions, check_option
 
@@ -75,7 +76,7 @@ class GumbelRerank(BaseNodePostprocessor):
     )
     device: str | None = Field(default=None, description="Torch device; None picks one automatically.")
     batch_size: int = Field(default=32, description="Pairs scored per forward pass.")
-    kind: Literal["auto", "bi-encoder", "cross-encoder"] = Field(
+    kind: KindOption = Field(
         default="auto", description="Model kind; 'auto' detects it from the model files."
     )
     max_length: int | None = Field(

@@ -7,7 +7,7 @@ import copy
 import inspect
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict, logging
 from haystack.core.errors import DeserializationError
@@ -17,14 +17,14 @@ from haystack.utils.misc import _deduplicate_documents
 
 from gumbel_rag import GumbelReranker
 from gumbel_rag.errors import ConfigError
+from gumbel_rag.modelfiles import KindOption
 from gumbel_rag.serving import LazyReranker, rank_texts
-from gumbel_rag.serving_options import TRUNCATED_KEY, ServingOptions, check_option
+from gumbel_rag.serving_options import TRUNCATED_KEY, Backend, ServingOptions, check_option
 
 __all__ = ["GumbelRanker", "document_text"]
 
 logger = logging.getLogger(__name__)
 
-ModelKindOption = Literal["auto", "bi-encoder", "cross-encoder"]
 # Haystack's name for a core option, where it differs.
 _SPELLING = {"top_n": "top_k"}
 # Attributes checked by the core's rule when set (construction and assignment alike); the device and
@@ -114,10 +114,10 @@ class GumbelRanker:
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
-        backend: Literal["torch", "openvino"] = "torch",
+        backend: Backend = "torch",
         batch_size: int = 16,
         max_length: int | None = None,
-        kind: ModelKindOption = "auto",
+        kind: KindOption = "auto",
         cache_max_entries: int | None = None,
         cache_max_bytes: int | None = None,
         local_files_only: bool = False,
