@@ -97,6 +97,38 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow model code from the model directory to run (off by default; only for models you trust)",
     )
+    _add_hub_args(p)
+
+
+def _add_hub_args(p: argparse.ArgumentParser) -> None:
+    # A hub name is downloaded into the Hugging Face cache on first use, as transformers does.
+    p.add_argument(
+        "--local-files-only",
+        action="store_true",
+        help="never download models: use local directories and the Hugging Face cache only "
+        "(like HF_HUB_OFFLINE=1)",
+    )
+    p.add_argument("--revision", default=None, help="hub models: branch, tag or commit to load")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="hub models: access token for private or gated models (default: HF_TOKEN or `hf auth login`)",
+    )
+    p.add_argument(
+        "--cache-folder",
+        default=None,
+        help="Hugging Face cache directory (default: ~/.cache/huggingface/hub)",
+    )
+
+
+def _hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The hub options of the command line, for every model loader."""
+    return {
+        "local_files_only": getattr(args, "local_files_only", False),
+        "revision": getattr(args, "revision", None),
+        "token": getattr(args, "token", None),
+        "cache_folder": getattr(args, "cache_folder", None),
+    }
 
 
 # Loss hyperparameters: the loss option -> its CLI flag. Their defaults live in gumbel_rag.defaults (shown in
@@ -236,10 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gumbel-rag",
         description="Fine-tune RAG rerankers end to end from question/answer pairs (Gumbel Reranking).",
-        epilog="Run 'gumbel-rag COMMAND --help' for a command's options. Nothing is downloaded: the "
-        "defaults ship as Python packages. A mistake in the input or the options prints one 'error:' "
-        "line and exits with status 2 (--debug shows the traceback). Documentation: the docs/ site "
-        "(mkdocs serve); its CLI page lists every option.",
+        epilog="Run 'gumbel-rag COMMAND --help' for a command's options. The defaults ship as Python "
+        "packages (no download); a hub model name is downloaded into the Hugging Face cache on first use "
+        "unless --local-files-only or HF_HUB_OFFLINE=1. A mistake in the input or the options prints one "
+        "'error:' line and exits with status 2 (--debug shows the traceback). Documentation: the docs/ "
+        "site (mkdocs serve); its CLI page lists every option.",
         formatter_class=_HelpFormatter,
         parents=[debug],
     )
@@ -371,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, type=Path, help="QA log JSONL to write, with candidates")
     _add_retrieval_args(p, top_n=10, what="")
+    _add_hub_args(p)
 
     p = sub.add_parser(
         "demo",
@@ -515,7 +549,7 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
     from gumbel_rag import GumbelReranker  # torch: imported once the cheap checks have passed
 
     reranker = GumbelReranker.from_pretrained(
-        args.model, device=args.device, trust_remote_code=args.trust_remote_code
+        args.model, device=args.device, trust_remote_code=args.trust_remote_code, **_hub_kwargs(args)
     )
     ranked = reranker.rerank(
         args.query,
@@ -591,7 +625,7 @@ def _load_models(args: argparse.Namespace, reranker_name: str | None) -> tuple[A
     from gumbel_rag import GumbelReranker
 
     reranker = GumbelReranker.from_pretrained(
-        reranker_name, device=args.device, trust_remote_code=args.trust_remote_code
+        reranker_name, device=args.device, trust_remote_code=args.trust_remote_code, **_hub_kwargs(args)
     )
     if getattr(args, "method", "gumbel") == "supervised":
         return reranker, None
@@ -606,6 +640,7 @@ def _load_reader(args: argparse.Namespace) -> Any:
         device=args.device,
         max_document_tokens=args.max_document_tokens,
         trust_remote_code=args.trust_remote_code,
+        **_hub_kwargs(args),
     )
 
 
@@ -660,13 +695,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _retriever(args: argparse.Namespace, state: Any = None) -> Any:
-    """What --retriever / --encoder ask for (checked by _check_retrieval): "bm25", "dense" or an encoder."""
-    if args.encoder is None:
+    """What --retriever / --encoder ask for (checked by _check_retrieval): "bm25", or a loaded encoder."""
+    if args.retriever != "dense":
         return args.retriever
     from gumbel_rag.reranker import GumbelReranker
 
+    # Under a launcher every process encodes on its own device (its GPU), not all on the first one.
     device = state.device if state is not None else None
-    return GumbelReranker.from_pretrained(args.encoder, kind="bi-encoder", device=device)
+    return GumbelReranker.from_pretrained(args.encoder, kind="bi-encoder", device=device, **_hub_kwargs(args))
 
 
 def _check_retrieval(args: argparse.Namespace) -> None:
@@ -725,7 +761,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from gumbel_rag.evaluation import evaluate_answers, evaluate_reranker, rank_examples
 
     reranker = GumbelReranker.from_pretrained(
-        args.reranker, device=args.device, trust_remote_code=args.trust_remote_code
+        args.reranker, device=args.device, trust_remote_code=args.trust_remote_code, **_hub_kwargs(args)
     )
     # One ranking pass serves both the ranking metrics and the reader's top-k.
     rankings = rank_examples(reranker, examples, progress=not args.json)

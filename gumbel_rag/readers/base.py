@@ -63,8 +63,14 @@ class Reader(ABC):
         import transformers
 
         auto = getattr(transformers, cls.auto_model_class)
+        # The hub options reach the tokenizer too, so that both come from the same revision and cache.
+        hub = {
+            k: model_kwargs[k]
+            for k in ("local_files_only", "revision", "token", "cache_dir")
+            if k in model_kwargs
+        }
         tokenizer = transformers.AutoTokenizer.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code
+            name_or_path, trust_remote_code=trust_remote_code, **hub
         )
         model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **model_kwargs)
         return cls(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
@@ -224,12 +230,22 @@ def load_reader(
     max_document_tokens: int = 128,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    local_files_only: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_folder: str | None = None,
 ) -> Reader:
     """Load a frozen reader: None gives the offline SmolLM2-135M-Instruct default, else AutoConfig decides.
 
     ``dtype=None`` means bfloat16 on a GPU that supports it (the reader is frozen, so half the memory
-    costs no accuracy in the gradient that matters) and the checkpoint's dtype elsewhere.
+    costs no accuracy in the gradient that matters) and the checkpoint's dtype elsewhere. A hub name is
+    downloaded on first use unless ``local_files_only`` / ``HF_HUB_OFFLINE=1``; ``revision``, ``token`` and
+    ``cache_folder`` pass through (:class:`gumbel_rag.hub.HubOptions`).
     """
+    from gumbel_rag.hub import HubOptions, trust_gate
+
+    trust_remote_code, _ = trust_gate(trust_remote_code)
+    hub = HubOptions(local_files_only, revision, token, cache_folder).transformers_kwargs()
     device = resolve_device(device)
     if dtype is None:
         dtype = default_dtype(device)
@@ -249,8 +265,8 @@ def load_reader(
 
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **hub}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
