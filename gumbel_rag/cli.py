@@ -214,7 +214,12 @@ def _add_train_args(p: argparse.ArgumentParser, loss_defaults: dict[str, Any] | 
         default=None,
         help="stop after this many optimizer steps (default: no limit)",
     )
-    p.add_argument("--eval-every", type=_positive_int, default=50, help="evaluate on --dev every N steps")
+    p.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=None,
+        help="evaluate on the validation rows (and --dev) every N steps (default: about 10 times a run)",
+    )
     p.add_argument("--save-every", type=_positive_int, default=50, help="checkpoint every N steps")
     p.add_argument("--eval-k", type=_ks, default=(2, 5), help="k values for Recall@k, e.g. 2,5")
     p.add_argument(
@@ -228,6 +233,63 @@ def _add_train_args(p: argparse.ArgumentParser, loss_defaults: dict[str, Any] | 
         help="auto: bf16 on a GPU that supports it, else fp32",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    guards = p.add_argument_group(
+        "do-no-harm guards (keep what the starting reranker knows; docs/training.md, 'Do no harm')"
+    )
+    guards.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=defaults.DEFAULT_VALIDATION_FRACTION,
+        help="without --dev, the share of the training rows held out to pick the best checkpoint on and "
+        "stop early (0: train on every row, keep the last step)",
+    )
+    guards.add_argument(
+        "--no-select-best", action="store_true", help="save the last step, not the best validation one"
+    )
+    guards.add_argument(
+        "--patience",
+        type=int,
+        default=defaults.DEFAULT_PATIENCE,
+        help="stop after this many evaluations without a better validation score (0: never stop early)",
+    )
+    guards.add_argument(
+        "--anchor-weight",
+        type=_non_negative_float,
+        default=defaults.DEFAULT_ANCHOR_WEIGHT,
+        help="weight of a KL term keeping each question's ranking near the starting reranker's (0: off)",
+    )
+    guards.add_argument(
+        "--start-decay",
+        type=_non_negative_float,
+        default=defaults.DEFAULT_START_DECAY,
+        help="pull of the weights towards the starting ones after each step, times the lr (L2-SP; 0: off)",
+    )
+    guards.add_argument(
+        "--interpolation",
+        type=_fraction,
+        default=defaults.DEFAULT_INTERPOLATION,
+        help="save start + a * (trained - start) (WiSE-FT weight interpolation; 1: the trained weights)",
+    )
+    guards.add_argument(
+        "--lora-rank",
+        type=_positive_int,
+        default=None,
+        help="train rank-r LoRA adapters of the attention, merged into the saved model, not all weights",
+    )
+
+
+def _fraction(text: str) -> float:
+    value = _finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
 
 
 def _debug_parent() -> argparse.ArgumentParser:
@@ -591,11 +653,14 @@ def _trainable(method: str, options: dict[str, Any], examples: list) -> tuple[li
     return trainable_examples(functools.partial(LOSSES[method].row_problem, **options), examples)
 
 
-def _build_loss(args: argparse.Namespace, reader: Any, fallback: dict[str, Any] | None = None) -> Any:
-    """The training loss of --method with the loss options given on the command line."""
+def _build_loss(
+    args: argparse.Namespace, reader: Any, reranker: Any, fallback: dict[str, Any] | None = None
+) -> Any:
+    """The training loss of --method with the loss options given on the command line (and its anchor)."""
     from gumbel_rag.losses import build_loss
 
-    return build_loss(args.method, reader, **_loss_options(args, fallback))
+    options = _loss_options(args, fallback)
+    return build_loss(args.method, reader, anchor_to=reranker, anchor_weight=args.anchor_weight, **options)
 
 
 def _train_config(args: argparse.Namespace, output: Path, resume: bool) -> Any:
@@ -617,6 +682,12 @@ def _train_config(args: argparse.Namespace, output: Path, resume: bool) -> Any:
         allow_changed_settings=getattr(args, "allow_changed_settings", False),
         max_steps=args.max_steps,
         progress=not args.no_progress,
+        validation_fraction=args.validation_fraction,
+        select_best=not args.no_select_best,
+        early_stopping_patience=args.patience or None,
+        start_decay=args.start_decay,
+        interpolation=args.interpolation,
+        lora_rank=args.lora_rank,
     )
 
 
@@ -682,7 +753,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gumbel_rag.trainer import train  # torch: imported once the cheap checks have passed
 
     reranker, reader = _load_models(args, args.reranker)
-    loss = _build_loss(args, reader)
+    loss = _build_loss(args, reader, reranker)
     result = train(reranker, loss, examples, _train_config(args, args.output, args.resume), dev)
     if result.initial_metrics:
         _print_metrics("dev before", result.initial_metrics)
@@ -867,7 +938,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     train_set, dev_set = make_demo_data(args.output, args.train_size, args.dev_size, seed=args.seed)
     print("loading the default reranker (all-MiniLM-L6-v2) and reader (SmolLM2-135M-Instruct) ...")
     reranker, reader = _load_models(args, None)
-    loss = _build_loss(args, reader, DEMO_LOSS_OPTIONS)
+    loss = _build_loss(args, reader, reranker, DEMO_LOSS_OPTIONS)
     config = _train_config(args, args.output / "model", resume=False)
     config.overwrite = True  # the main job regenerates its data, so it replaces its earlier model too
     return run_demo(reranker, loss, config, train_set, dev_set, ks=tuple(args.eval_k), output=args.output)

@@ -7,11 +7,16 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_ANCHOR_TEMPERATURE",
+    "DEFAULT_ANCHOR_WEIGHT",
+    "DEFAULT_INTERPOLATION",
     "DEFAULT_K",
     "DEFAULT_KAPPA",
+    "DEFAULT_PATIENCE",
+    "DEFAULT_START_DECAY",
     "DEFAULT_TAU",
     "DEFAULT_TEACHER_TEMPERATURE",
     "DEFAULT_TEMPERATURE",
+    "DEFAULT_VALIDATION_FRACTION",
     "METHODS",
     "cache_dir",
     "default_reranker_path",
@@ -32,6 +37,15 @@ DEFAULT_TEMPERATURE = 1.0  # baselines and supervised: temperature T of p_theta 
 DEFAULT_TEACHER_TEMPERATURE = 1.0  # pdist/loop/adist: temperature T' of the teacher distribution
 # The anchor guard (gumbel_rag.losses.anchor): softmax temperature of both rankings in its KL term.
 DEFAULT_ANCHOR_TEMPERATURE = 1.0
+
+# Do-no-harm guards of `gumbel-rag train` (docs/training.md, "Do no harm"; chosen by measurement in
+# docs/results.md). A tenth of the training rows is held out for validation when no dev set is given; the
+# best evaluation's weights are kept and the run stops after DEFAULT_PATIENCE evaluations without gain.
+DEFAULT_VALIDATION_FRACTION = 0.1
+DEFAULT_PATIENCE = 3
+DEFAULT_ANCHOR_WEIGHT = 0.0  # KL towards the starting reranker's ranking (0: off)
+DEFAULT_START_DECAY = 0.0  # decoupled L2-SP pull towards the starting weights (0: off)
+DEFAULT_INTERPOLATION = 1.0  # WiSE-FT: save theta_0 + a * (theta - theta_0) (1: the trained weights)
 
 
 def cache_dir() -> Path:

@@ -50,6 +50,12 @@ from gumbel_rag.checkpoints import (
 )
 from gumbel_rag.data import LoadSummary, QAExample
 from gumbel_rag.data.files import atomic_write_text
+from gumbel_rag.defaults import (
+    DEFAULT_INTERPOLATION,
+    DEFAULT_PATIENCE,
+    DEFAULT_START_DECAY,
+    DEFAULT_VALIDATION_FRACTION,
+)
 from gumbel_rag.distributed import (
     configure_deepspeed,
     full_parameters,
@@ -76,13 +82,11 @@ logger = logging.getLogger(__name__)
 # document pass grows with them (1,000 candidates took 9.2 GB for one step at 32 document tokens).
 DEFAULT_MAX_CANDIDATES = 100
 
-# Validation held out of the training rows when no dev set is given: a tenth, at least 1 and at most 200
-# rows, and only from logs of at least 10 rows (a smaller log trains on everything, without selection).
-DEFAULT_VALIDATION_FRACTION = 0.1
+# Validation held out of the training rows when no dev set is given (DEFAULT_VALIDATION_FRACTION of
+# them): at least 1 and at most 200 rows, and only from logs of at least 10 rows (a smaller log trains on
+# everything, without selection).
 MAX_VALIDATION_ROWS = 200
 MIN_ROWS_TO_SPLIT = 10
-# Evaluations without a better validation score before the run stops.
-DEFAULT_PATIENCE = 3
 # Evaluations per run when eval_every is not given.
 EVALUATIONS_PER_RUN = 10
 
@@ -154,8 +158,8 @@ class TrainConfig:
     max_steps: int | None = None
     max_candidates: int | None = DEFAULT_MAX_CANDIDATES
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
-    start_decay: float = 0.0
-    interpolation: float = 1.0
+    start_decay: float = DEFAULT_START_DECAY
+    interpolation: float = DEFAULT_INTERPOLATION
     lora_rank: int | None = None
     select_best: bool = True
     early_stopping_patience: int | None = DEFAULT_PATIENCE

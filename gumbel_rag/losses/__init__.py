@@ -1,6 +1,7 @@
 """Training losses for rerankers; one loss per module, all sharing the `RerankLoss` interface."""
 
 from gumbel_rag.losses.adist import ADistLoss
+from gumbel_rag.losses.anchor import AnchoredLoss
 from gumbel_rag.losses.base import ReaderLoss, RerankLoss
 from gumbel_rag.losses.emdr import EMDRLoss
 from gumbel_rag.losses.factory import LOSSES, METHODS, build_loss, loss_options
@@ -13,6 +14,7 @@ __all__ = [
     "LOSSES",
     "METHODS",
     "ADistLoss",
+    "AnchoredLoss",
     "EMDRLoss",
     "GumbelRerankLoss",
     "LOOPLoss",
