@@ -51,8 +51,10 @@ def grads_finite(model: torch.nn.Module) -> bool:
 
 def weights_finite(model: torch.nn.Module) -> bool:
     """Whether this process's weights (its shards, under FSDP) are all finite."""
+    # detach(): DeepSpeed's partitioned parameters refuse an out= op on a tensor that requires grad. Under
+    # ZeRO-3 a rank's parameters are empty placeholders, so the check covers what the rank holds.
     params = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    return all(bool(torch.isfinite(p).all()) for p in params)
+    return all(bool(torch.isfinite(p.detach()).all()) for p in params)
 
 
 def on_every_rank(accelerator: Accelerator, ok: bool) -> bool:

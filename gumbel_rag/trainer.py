@@ -312,7 +312,7 @@ def train(
             f"nothing to train: none of the {len(train_examples)} rows can teach the {loss.method} loss"
             + (f" ({reasons})" if reasons else "")
         )
-    validation: list[QAExample] = list(dev_examples or [])
+    validation: list[QAExample] | None = None  # None: the dev set is the validation set
     if dev_examples is None:
         examples, validation = split_validation(examples, config.validation_fraction, seed=config.seed)
         if validation:
@@ -341,10 +341,11 @@ class _Run:
         examples: list[QAExample],
         config: TrainConfig,
         dev_examples: Sequence[QAExample] | None,
-        validation: Sequence[QAExample],
+        validation: Sequence[QAExample] | None,
     ) -> None:
         self.loss, self.examples, self.config, self.dev = loss, examples, config, dev_examples
-        self.validation = list(validation)
+        self.validation_is_dev = validation is None
+        self.validation = list(dev_examples or []) if validation is None else list(validation)
         output = Path(config.output_dir)
         self.output, self.log_dir, self.ckpt_dir = output, output / "logs", output / "checkpoints"
         self.metrics_file = self.log_dir / "metrics.jsonl"
@@ -656,7 +657,7 @@ class _Run:
             if self.dev:
                 metrics = evaluate_reranker(unwrapped, self.dev, ks=self.config.eval_ks, accelerator=acc)
                 self._log_eval("dev", metrics)
-            if self.validation and self.validation is not self.dev:
+            if self.validation and not self.validation_is_dev:
                 score, val_metrics = self._validation_score(unwrapped, self.validation)
                 self._log_eval("validation", {**val_metrics, "score": score})
             elif self.validation:
