@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -147,9 +147,18 @@ def full_parameters(accelerator: Accelerator, model: torch.nn.Module) -> Iterato
 
 
 def save_model(
-    accelerator: Accelerator, model: torch.nn.Module, template: GumbelReranker | None, output: Path
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    template: GumbelReranker | None,
+    output: Path,
+    *,
+    before_saving: Callable[[torch.nn.Module], None] | None = None,
 ) -> None:
-    """Write the trained reranker as a plain sentence-transformers directory (main process only)."""
+    """Write the trained reranker as a plain sentence-transformers directory (main process only).
+
+    With sharded weights, ``before_saving`` gets the gathered whole model on the main process (the
+    unsharded run applies its guards before calling this).
+    """
     if not shards_weights(accelerator):
         if accelerator.is_main_process:
             accelerator.unwrap_model(model).save_pretrained(output)
@@ -158,5 +167,7 @@ def save_model(
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process and template is not None:
         template.load_state_dict(state)
+        if before_saving is not None:
+            before_saving(template)
         template.save_pretrained(output)
     accelerator.wait_for_everyone()

@@ -367,11 +367,11 @@ class _Run:
         # Guards: the starting weights (for start_decay / interpolation), taken before any adapter.
         self._lora = None
         self._start: dict[str, torch.Tensor] = {}
-        if config.start_decay or config.interpolation < 1 or config.lora_rank:
-            if shards_weights(acc):
-                raise ConfigError(
-                    "start_decay, interpolation and lora_rank are not supported with sharded weights"
-                )
+        if (config.start_decay or config.lora_rank) and shards_weights(acc):
+            raise ConfigError("start_decay and lora_rank need unsharded weights (no FSDP / DeepSpeed ZeRO-3)")
+        guarded = config.start_decay or config.interpolation < 1 or config.lora_rank
+        # Under FSDP / ZeRO-3 only the main process needs them: it interpolates the gathered weights.
+        if guarded and (not shards_weights(acc) or acc.is_main_process):
             self._start = {name: p.detach().clone() for name, p in reranker.named_parameters()}
         if config.lora_rank:
             self._lora = add_lora(reranker, config.lora_rank)
@@ -596,6 +596,12 @@ class _Run:
         if self._lora is not None:
             merge_lora(model, self._lora)
             self._lora = None
+        if not shards_weights(self.accelerator):
+            self._interpolate(model)
+
+    @torch.no_grad()
+    def _interpolate(self, model: torch.nn.Module) -> None:
+        """theta = theta_0 + interpolation * (theta - theta_0) (a no-op at interpolation 1)."""
         alpha = self.config.interpolation
         if alpha < 1:
             for name, param in model.named_parameters():
@@ -735,7 +741,8 @@ class _Run:
                     )
                 unwrapped.train()
         self._finish_guards()
-        if self.dev and (self._lora is not None or config.interpolation < 1 or config.lora_rank):
+        interpolated = config.interpolation < 1 and not shards_weights(acc)
+        if self.dev and (interpolated or config.lora_rank):
             unwrapped = acc.unwrap_model(self.model)
             self.last_metrics = evaluate_reranker(unwrapped, self.dev, ks=config.eval_ks, accelerator=acc)
             unwrapped.train()
@@ -745,7 +752,7 @@ class _Run:
                 "the reranker's weights are not all finite after training; the model was not saved"
             )
         curves = self.log_dir / "curves.png"
-        save_model(acc, self.model, self.template, self.output)
+        save_model(acc, self.model, self.template, self.output, before_saving=self._interpolate)
         seconds_per_step = _median(self.step_times)
         if acc.is_main_process:
             plot_curves(self.metrics_file, curves)

@@ -26,6 +26,7 @@ def _config(out: Path, **overrides) -> TrainConfig:
         save_every=1000,
         mixed_precision="no",
         progress=False,
+        interpolation=1.0,  # the selected weights themselves
     )
     return TrainConfig(**{**base, **overrides})
 
