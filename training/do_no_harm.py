@@ -49,6 +49,7 @@ GUARDS: dict[str, dict[str, Any]] = {
     "lora": {"lora_rank": 8, "learning_rate": 2e-4},
 }
 METRICS = ("recall@2", "recall@5", "mrr", "indirect_recall@5")
+BEGIN, END = "<!-- noharm:begin -->", "<!-- noharm:end -->"
 WISE_ALPHA = 0.5
 
 
@@ -139,9 +140,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--max-document-tokens", type=int, default=64)
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke tests)")
-    p.add_argument("--reader", default=None)
+    p.add_argument("--reader", default=None, help="reader (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--reranker", default=None, help="starting reranker (default: all-MiniLM-L6-v2)")
+    p.add_argument("--limit", type=int, default=None, help="first N rows of every set (smoke tests)")
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--report", type=Path, default=None, help="markdown file to write the tables to")
+    p.add_argument(
+        "--report", type=Path, default=None, help=f"markdown file whose {BEGIN} ... {END} the tables replace"
+    )
     return p.parse_args(argv)
 
 
@@ -155,6 +160,10 @@ def run_all(args: argparse.Namespace) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     runs_file = args.output / "runs.jsonl"
     checks = load_checks(args.data_dir, args.checks.split(","))
+    if args.limit:
+        for check in checks.values():
+            check.train = check.train[: args.limit]
+            check.sets = {name: rows[: args.limit] for name, rows in check.sets.items()}
     reader = load_reader(args.reader, max_document_tokens=args.max_document_tokens)
 
     def record(row: dict[str, Any]) -> None:
@@ -165,7 +174,7 @@ def run_all(args: argparse.Namespace) -> None:
     for check in checks.values():
         name = f"{check.name}/untrained"
         if name not in load_done(runs_file):
-            start = GumbelReranker.from_pretrained()
+            start = GumbelReranker.from_pretrained(args.reranker)
             record(
                 {
                     "name": name,
@@ -185,8 +194,8 @@ def run_all(args: argparse.Namespace) -> None:
                         continue
                     settings = {**BASE_SETTINGS, **GUARDS[guard]}
                     anchor = settings.pop("anchor_weight", None)
-                    reranker = GumbelReranker.from_pretrained()
-                    start = GumbelReranker.from_pretrained()
+                    reranker = GumbelReranker.from_pretrained(args.reranker)
+                    start = GumbelReranker.from_pretrained(args.reranker)
                     loss = build_loss(method, None if method == "supervised" else reader)
                     if anchor:
                         loss = AnchoredLoss(loss, reranker, anchor)
@@ -280,7 +289,28 @@ def report(args: argparse.Namespace) -> str:
                 d = paired_difference(ood[m], base["per_question"]["ood"][m])
                 cells.append(f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
             body.append(cells)
-        out.append(f"### Check `{check}`\n\n" + markdown_rows(header, body))
+        out.append(
+            f"#### Check `{check}`: in-domain and out-of-domain test sets\n\n" + markdown_rows(header, body)
+        )
+        val_header = [
+            "variant",
+            "seed",
+            "OOD-val R@5 - untrained [95% CI]",
+            "OOD-val MRR - untrained [95% CI]",
+        ]
+        val_body = []
+        for r in sorted(rows, key=lambda r: (r["variant"], r.get("seed", 0))):
+            if r is base:
+                continue
+            cells = [r["variant"], str(r.get("seed", ""))]
+            for m in ("recall@5", "mrr"):
+                d = paired_difference(r["per_question"]["ood_val"][m], base["per_question"]["ood_val"][m])
+                cells.append(f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
+            val_body.append(cells)
+        out.append(
+            f"#### Check `{check}`: the out-of-domain validation set (what the default was chosen on)\n\n"
+            + markdown_rows(val_header, val_body)
+        )
     return "\n\n".join(out)
 
 
@@ -292,7 +322,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = report(args)
     print(text)
     if args.report:
-        args.report.write_text(text + "\n", encoding="utf8")
+        page = args.report.read_text(encoding="utf8")
+        if BEGIN not in page or END not in page:
+            raise SystemExit(f"{args.report}: no {BEGIN} ... {END} markers to write the tables between")
+        head, rest = page.split(BEGIN, 1)
+        args.report.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}", encoding="utf8")
 
 
 if __name__ == "__main__":
