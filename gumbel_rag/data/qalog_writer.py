@@ -292,6 +292,8 @@ class QARun:
     reranker: str | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     done: bool = False
+    # A recorder's working state for this run (never written); dropped with the run.
+    scratch: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def commit(self) -> bool:
         """Write the row (once); False when it was sampled out, already written or discarded."""
