@@ -657,6 +657,13 @@ class PendingRuns:
                 runs.append(self.writer.run(run_id=root))
             return runs[0]
 
+    def peek(self, run_id: Any) -> QARun | None:
+        """The run that ``run_id`` belongs to if one was opened, without opening one."""
+        with self._lock:
+            root = self._root.get(str(run_id), str(run_id))
+            entry = self._tracked.get(root)
+            return entry[1][0] if entry is not None and entry[1] else None
+
     def finish(self, root: Any, ok: bool) -> bool:
         """End the top-level run ``root``: write its row when ``ok`` (and complete), else discard it.
 
