@@ -1,0 +1,57 @@
+"""load_reader: pick and load a concrete reader (decoder-only, FiD or a GGUF file) from a name or path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gumbel_rag.readers.base import Reader, default_dtype, resolve_device
+from gumbel_rag.readers.decoder import DecoderReader
+from gumbel_rag.readers.fid import FiDReader
+from gumbel_rag.readers.gguf import is_gguf_path, load_default_model, load_gguf_model
+
+__all__ = ["load_reader"]
+
+
+def load_reader(
+    name_or_path: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    max_document_tokens: int = 128,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> Reader:
+    """Load a frozen reader: None gives the offline SmolLM2-135M-Instruct default, else AutoConfig decides.
+
+    ``dtype=None`` means bfloat16 on a GPU that supports it (the reader is frozen, so half the memory
+    costs no accuracy in the gradient that matters) and the checkpoint's dtype elsewhere.
+    """
+    device = resolve_device(device)
+    if dtype is None:
+        dtype = default_dtype(device)
+    if name_or_path is None or is_gguf_path(name_or_path):
+        if name_or_path is None:
+            model, tokenizer = load_default_model(dtype=dtype, attn_implementation=attn_implementation)
+        else:
+            model, tokenizer = load_gguf_model(
+                name_or_path, dtype=dtype, attn_implementation=attn_implementation
+            )
+        return DecoderReader(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
+
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if getattr(config, "is_encoder_decoder", False):
+        return FiDReader.from_pretrained(
+            name_or_path, device=device, max_document_tokens=max_document_tokens, **kwargs
+        )
+    return DecoderReader.from_pretrained(
+        name_or_path, device=device, max_document_tokens=max_document_tokens, **kwargs
+    )
