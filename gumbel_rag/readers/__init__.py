@@ -5,10 +5,12 @@ from gumbel_rag.readers.decoder import DecoderBatch, DecoderReader
 from gumbel_rag.readers.fid import FiDBatch, FiDReader
 from gumbel_rag.readers.gguf import default_gguf_path, load_default_model
 from gumbel_rag.readers.loading import load_reader
+from gumbel_rag.readers.state_cache import DocumentStateCache
 
 __all__ = [
     "DecoderBatch",
     "DecoderReader",
+    "DocumentStateCache",
     "FiDBatch",
     "FiDReader",
     "Reader",

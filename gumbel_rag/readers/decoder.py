@@ -34,7 +34,17 @@ from gumbel_rag.readers.base import (
     token_logprobs,
     validate_inputs,
 )
+from gumbel_rag.readers.bounds import (
+    DEFAULT_MAX_ANSWER_TOKENS,
+    DEFAULT_MAX_DOCUMENT_TOKENS,
+    DEFAULT_MAX_QUESTION_TOKENS,
+    TruncationCounts,
+    bounded_text,
+    check_token_bound,
+    truncate_text,
+)
 from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
+from gumbel_rag.readers.state_cache import DocumentStateCache
 
 logger = logging.getLogger(__name__)
 
@@ -209,18 +219,28 @@ class DecoderReader(Reader):
         tokenizer: Any,
         *,
         device: str | torch.device | None = None,
-        max_document_tokens: int = 128,
+        max_document_tokens: int = DEFAULT_MAX_DOCUMENT_TOKENS,
         instruction: str = DEFAULT_INSTRUCTION,
         use_chat_template: bool | None = None,
         document_batch_size: int | None = None,
+        max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+        max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+        state_cache: DocumentStateCache | None = None,
     ) -> None:
-        """Wrap (and freeze) a causal LM; use_chat_template None means 'if the tokenizer has one'."""
-        if max_document_tokens < 2:
-            raise ValueError("max_document_tokens must be at least 2")
+        """Wrap (and freeze) a causal LM; use_chat_template None means 'if the tokenizer has one'.
+
+        ``max_question_tokens`` cuts longer questions (counted in :attr:`truncations`);
+        ``max_answer_tokens`` marks longer answers as not trainable (:meth:`skip_reason`);
+        ``state_cache`` keeps each distinct document's keys/values for later ``prepare`` calls.
+        """
+        self.state_cache = state_cache
+        self.max_document_tokens = check_token_bound(max_document_tokens, "max_document_tokens", 2)
+        self.max_question_tokens = check_token_bound(max_question_tokens, "max_question_tokens")
+        self.max_answer_tokens = check_token_bound(max_answer_tokens, "max_answer_tokens")
         self.device = resolve_device(device, model)
         self.model = freeze(model.to(self.device))
         self.tokenizer = tokenizer
-        self.max_document_tokens = max_document_tokens
+        self._truncations = TruncationCounts(type(self).__name__)
         # Bigger chunks halve prepare() on an H100 (launch-bound); on CPU they only cost memory.
         self.document_batch_size = document_batch_size or (64 if self.device.type == "cuda" else 16)
         self.prompt = self._prompt_format(tokenizer, instruction, use_chat_template)
@@ -265,15 +285,46 @@ class DecoderReader(Reader):
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
+    @property
+    def truncations(self) -> dict[str, int]:
+        """How many questions were cut to max_question_tokens and documents to max_document_tokens."""
+        return self._truncations.as_dict()
+
     def document_ids(self, text: str) -> list[int]:
         """Token ids of one document: prefix + text + suffix, cut to max_document_tokens (suffix kept)."""
         suffix = self._document_suffix_ids
-        body = self._encode(self.prompt.document_prefix + text)
-        return body[: max(self.max_document_tokens - len(suffix), 1)] + suffix
+        budget = max(self.max_document_tokens - len(suffix), 1)
+        # Only a bounded prefix is tokenized: the ids kept are those of the whole text.
+        body = self._encode(self.prompt.document_prefix + bounded_text(self.tokenizer, text, budget))
+        if len(body) > budget:
+            self._truncations.add("documents", "", warn=False)  # by design: the slot is that wide
+        return body[:budget] + suffix
+
+    def _question_text(self, question: str) -> str:
+        """The question-side prompt text, the question cut to max_question_tokens (counted, warned once)."""
+        kept, cut = truncate_text(self.tokenizer, question, self.max_question_tokens)
+        if cut:
+            self._truncations.add(
+                "questions",
+                f"a question of more than {self.max_question_tokens} tokens was cut to max_question_tokens "
+                f"({len(question)} characters, starting {question[:40]!r})",
+            )
+        return self.prompt.question.replace(_QUESTION_SENTINEL, kept)
+
+    def skip_reason(self, question: str, answer: str) -> str | None:
+        """Why the reader cannot train on this example (answer empty or over max_answer_tokens), or None."""
+        if not answer.strip():
+            return "the answer is empty"
+        piece = bounded_text(self.tokenizer, answer, self.max_answer_tokens)
+        count = len(self._encode(self.prompt.answer_prefix + piece))
+        if count > self.max_answer_tokens:
+            return f"the answer has more than max_answer_tokens={self.max_answer_tokens} tokens"
+        return None
 
     def question_answer_ids(self, question: str, answer: str) -> tuple[list[int], list[int]]:
-        """(question-side ids, answer ids) following the documents."""
-        q_text = self.prompt.question.replace(_QUESTION_SENTINEL, question)
+        """(question-side ids, answer ids) following the documents; ValueError for an unusable answer."""
+        self.check_trainable([question], [answer])
+        q_text = self._question_text(question)
         q_ids = self._encode(q_text)
         # Tokenized in context the answer gets its natural first token (SentencePiece would otherwise
         # add a dummy-prefix piece); fall back to tokenizing it alone if the boundary moves.
@@ -355,16 +406,33 @@ class DecoderReader(Reader):
                 )
         return out
 
+    def _state_context(self) -> dict[str, Any]:
+        return {"max_document_tokens": self.max_document_tokens, "prefix_ids": self.prefix_ids}
+
+    def _states(self, doc_ids: Sequence[Sequence[list[int]]]) -> tuple[Any, dict[tuple[int, ...], Any]]:
+        """Prefix keys/values and those of each distinct document (from the state cache where held)."""
+        prefix = tuple(self.prefix_ids)
+        (prefix_states,) = self.cached_states(
+            "decoder-prefix", [prefix], lambda _: [_flatten(self._encode_prefix())]
+        ).values()
+        prefix_kv = _unflatten(prefix_states)
+        unique = list(dict.fromkeys(tuple(d) for docs in doc_ids for d in docs))
+
+        def encode(missing: list[tuple[int, ...]]) -> list[list[torch.Tensor]]:
+            return [_flatten(kv) for kv in self._encode_documents([list(d) for d in missing], prefix_kv)]
+
+        documents = self.cached_states("decoder-document", unique, encode)
+        return prefix_kv, {ids: _unflatten(states) for ids, states in documents.items()}
+
     def prepare(
         self, questions: Sequence[str], documents: Sequence[Sequence[str]], answers: Sequence[str]
     ) -> DecoderBatch:
         """Tokenize and encode every document once under torch.no_grad() (states reused by answer_loss)."""
         validate_inputs(questions, documents, answers)
+        self.check_trainable(questions, answers)
         lp = self.prefix_length
         doc_ids = [[self.document_ids(d) for d in docs] for docs in documents]
-        flat = [ids for docs in doc_ids for ids in docs]
-        prefix_kv = self._encode_prefix()
-        encoded = iter(self._encode_documents(flat, prefix_kv))
+        prefix_kv, states = self._states(doc_ids)
 
         key_ids, key_seg, key_pos = [], [], []
         keys: list[list[torch.Tensor]] = [[] for _ in prefix_kv[0]]
@@ -376,7 +444,7 @@ class DecoderReader(Reader):
                 ids += d
                 seg += [i] * len(d)
                 pos += range(lp, lp + len(d))
-                dk, dv = next(encoded)
+                dk, dv = states[tuple(d)]
                 parts_k.append(dk)
                 parts_v.append(dv)
             key_ids.append(ids)
@@ -479,7 +547,7 @@ class DecoderReader(Reader):
         validate_inputs(questions, documents, [""] * len(questions))
         rows = []
         for question, docs in zip(questions, documents, strict=True):
-            q_text = self.prompt.question.replace(_QUESTION_SENTINEL, question)
+            q_text = self._question_text(question)
             doc_ids = [t for d in docs for t in self.document_ids(d)]
             rows.append(self.prefix_ids + doc_ids + self._encode(q_text + self.prompt.answer_prefix.rstrip()))
         ids = _pad_stack(rows, self._pad_id, left=True).to(self.device)
@@ -545,6 +613,16 @@ class DecoderReader(Reader):
             logits_to_keep=batch.answer_width + 1,
         )
         return self._loss_from_logits(batch, out.logits)
+
+
+def _flatten(kv: tuple[list[torch.Tensor], list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-layer keys then per-layer values, as one list (one state-cache entry)."""
+    return [*kv[0], *kv[1]]
+
+
+def _unflatten(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    half = len(tensors) // 2
+    return tensors[:half], tensors[half:]
 
 
 def _pad_kv(rows: list[torch.Tensor], width: int) -> torch.Tensor:

