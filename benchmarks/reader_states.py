@@ -41,10 +41,9 @@ from benchmarks.common import (
     markdown_table,
     paragraphs,
     peak_memory,
-    tiny_bi_encoder,
-    tiny_reader,
     write_json,
 )
+from benchmarks.training_step import load_models
 
 
 @dataclass
@@ -109,20 +108,6 @@ def paired(
         "total_s": sum(cand_times),
         "reference_total_s": sum(ref_times),
     }
-
-
-def load_models(quick: bool, tmp: Path, max_document_tokens: int) -> tuple[Any, Any]:
-    """The reranker (train mode) and the frozen reader: the packaged defaults, or tiny ones for --quick."""
-    from gumbel_rag import GumbelReranker
-    from gumbel_rag.readers import load_reader
-
-    if quick:
-        reranker = GumbelReranker.from_pretrained(tiny_bi_encoder(tmp))
-        reader = load_reader(str(tiny_reader(tmp)), device="cpu", max_document_tokens=max_document_tokens)
-    else:
-        reranker = GumbelReranker.from_pretrained(device="cpu")
-        reader = load_reader(device="cpu", max_document_tokens=max_document_tokens)
-    return reranker.train(), reader
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

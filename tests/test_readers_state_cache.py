@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -147,27 +147,19 @@ def test_bounds_are_validated(tmp_path: Path) -> None:
 
 def test_concurrent_use_respects_the_bounds(tmp_path: Path) -> None:
     cache = DocumentStateCache(tmp_path, max_bytes=2_000, max_disk_bytes=20_000)
-    errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        try:
-            for i in range(60):
-                key = f"k{(worker * 7 + i) % 40}"
-                got = cache.get(key)
-                if got is None:
-                    cache.put(key, [tensor(25, float(int(key[1:])))])
-                else:
-                    assert torch.equal(got[0], tensor(25, float(int(key[1:]))))
-                assert cache.nbytes <= 2_000
-        except BaseException as exc:  # re-raised in the main thread
-            errors.append(exc)
+        for i in range(60):
+            key = f"k{(worker * 7 + i) % 40}"
+            got = cache.get(key)
+            if got is None:
+                cache.put(key, [tensor(25, float(int(key[1:])))])
+            else:
+                assert torch.equal(got[0], tensor(25, float(int(key[1:]))))
+            assert cache.nbytes <= 2_000
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))  # re-raises a worker's failure here
     assert cache.nbytes <= 2_000 and cache.disk_bytes <= 20_000
     assert sum(f.stat().st_size for f in tmp_path.glob("*.safetensors")) == cache.disk_bytes
 
@@ -313,23 +305,14 @@ def test_concurrent_prepare_equals_serial(tiny_reader_dir: Path, tmp_path: Path)
         reader.answer_loss(reader.prepare([q], [d], [a]), torch.zeros(1, len(d)))
         for q, d, a in zip(QUESTIONS, DOCUMENTS, ANSWERS, strict=True)
     ]
-    results: dict[int, torch.Tensor] = {}
-    errors: list[BaseException] = []
 
-    def work(i: int) -> None:
-        try:
-            j = i % 3
-            batch = reader.prepare([QUESTIONS[j]], [DOCUMENTS[j]], [ANSWERS[j]])
-            results[i] = reader.answer_loss(batch, torch.zeros(1, len(DOCUMENTS[j])))
-        except BaseException as exc:
-            errors.append(exc)
+    def work(i: int) -> torch.Tensor:
+        j = i % 3
+        batch = reader.prepare([QUESTIONS[j]], [DOCUMENTS[j]], [ANSWERS[j]])
+        return reader.answer_loss(batch, torch.zeros(1, len(DOCUMENTS[j])))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for i, loss in results.items():
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for i, loss in enumerate(results):
         torch.testing.assert_close(loss, serial[i % 3], rtol=1e-5, atol=0)
     assert reader.state_cache.nbytes <= 50_000

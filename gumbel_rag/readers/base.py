@@ -16,6 +16,10 @@ from gumbel_rag.readers.bounds import (
     DEFAULT_MAX_ANSWER_TOKENS,
     DEFAULT_MAX_DOCUMENT_TOKENS,
     DEFAULT_MAX_QUESTION_TOKENS,
+    TruncationCounts,
+    bounded_text,
+    check_token_bound,
+    truncate_text,
 )
 from gumbel_rag.readers.state_cache import (
     DocumentStateCache,
@@ -179,11 +183,52 @@ class Reader(ABC):
     ) -> ReaderBatch:
         """Tokenize and encode every document once under torch.no_grad() (states reused by answer_loss)."""
 
+    def _set_bounds(
+        self,
+        max_document_tokens: int,
+        max_question_tokens: int,
+        max_answer_tokens: int,
+        *,
+        min_document_tokens: int = 1,
+    ) -> None:
+        """Validate and keep the size bounds (bounds.py), and start counting what gets cut."""
+        self.max_document_tokens = check_token_bound(
+            max_document_tokens, "max_document_tokens", min_document_tokens
+        )
+        self.max_question_tokens = check_token_bound(max_question_tokens, "max_question_tokens")
+        self.max_answer_tokens = check_token_bound(max_answer_tokens, "max_answer_tokens")
+        self._truncations = TruncationCounts(type(self).__name__)
+
+    @property
+    def truncations(self) -> dict[str, int]:
+        """How many inputs were cut, by kind: "questions" (to max_question_tokens), "documents"."""
+        return self._truncations.as_dict()
+
+    def bounded_question(self, question: str) -> str:
+        """The question cut after its first max_question_tokens tokens (counted, warned once)."""
+        kept, cut = truncate_text(self.tokenizer, question, self.max_question_tokens)
+        if cut:
+            self._truncations.add(
+                "questions",
+                f"a question of more than {self.max_question_tokens} tokens was cut to max_question_tokens "
+                f"({len(question)} characters, starting {question[:40]!r})",
+            )
+        return kept
+
+    def _answer_length(self, answer: str) -> int:
+        """Tokens the answer takes as the loss target (called on a bounded prefix only)."""
+        return len(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+
     def skip_reason(self, question: str, answer: str) -> str | None:
-        """Why the reader cannot train on this example (an answer over its bounds, ...), or None if it can.
+        """Why the reader cannot train on this example (answer empty or over max_answer_tokens), or None.
 
         The trainer leaves such rows out (and counts them); ``prepare`` raises ValueError on one.
         """
+        if not answer.strip():
+            return "the answer is empty"
+        piece = bounded_text(self.tokenizer, answer, self.max_answer_tokens)
+        if self._answer_length(piece) > self.max_answer_tokens:
+            return f"the answer has more than max_answer_tokens={self.max_answer_tokens} tokens"
         return None
 
     def check_trainable(self, questions: Sequence[str], answers: Sequence[str]) -> None:

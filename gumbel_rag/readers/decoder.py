@@ -38,10 +38,7 @@ from gumbel_rag.readers.bounds import (
     DEFAULT_MAX_ANSWER_TOKENS,
     DEFAULT_MAX_DOCUMENT_TOKENS,
     DEFAULT_MAX_QUESTION_TOKENS,
-    TruncationCounts,
     bounded_text,
-    check_token_bound,
-    truncate_text,
 )
 from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
 from gumbel_rag.readers.state_cache import DocumentStateCache
@@ -234,13 +231,10 @@ class DecoderReader(Reader):
         ``state_cache`` keeps each distinct document's keys/values for later ``prepare`` calls.
         """
         self.state_cache = state_cache
-        self.max_document_tokens = check_token_bound(max_document_tokens, "max_document_tokens", 2)
-        self.max_question_tokens = check_token_bound(max_question_tokens, "max_question_tokens")
-        self.max_answer_tokens = check_token_bound(max_answer_tokens, "max_answer_tokens")
+        self._set_bounds(max_document_tokens, max_question_tokens, max_answer_tokens, min_document_tokens=2)
         self.device = resolve_device(device, model)
         self.model = freeze(model.to(self.device))
         self.tokenizer = tokenizer
-        self._truncations = TruncationCounts(type(self).__name__)
         # Bigger chunks halve prepare() on an H100 (launch-bound); on CPU they only cost memory.
         self.document_batch_size = document_batch_size or (64 if self.device.type == "cuda" else 16)
         self.prompt = self._prompt_format(tokenizer, instruction, use_chat_template)
@@ -285,11 +279,6 @@ class DecoderReader(Reader):
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
-    @property
-    def truncations(self) -> dict[str, int]:
-        """How many questions were cut to max_question_tokens and documents to max_document_tokens."""
-        return self._truncations.as_dict()
-
     def document_ids(self, text: str) -> list[int]:
         """Token ids of one document: prefix + text + suffix, cut to max_document_tokens (suffix kept)."""
         suffix = self._document_suffix_ids
@@ -301,25 +290,11 @@ class DecoderReader(Reader):
         return body[:budget] + suffix
 
     def _question_text(self, question: str) -> str:
-        """The question-side prompt text, the question cut to max_question_tokens (counted, warned once)."""
-        kept, cut = truncate_text(self.tokenizer, question, self.max_question_tokens)
-        if cut:
-            self._truncations.add(
-                "questions",
-                f"a question of more than {self.max_question_tokens} tokens was cut to max_question_tokens "
-                f"({len(question)} characters, starting {question[:40]!r})",
-            )
-        return self.prompt.question.replace(_QUESTION_SENTINEL, kept)
+        """The question-side prompt text around the (bounded) question."""
+        return self.prompt.question.replace(_QUESTION_SENTINEL, self.bounded_question(question))
 
-    def skip_reason(self, question: str, answer: str) -> str | None:
-        """Why the reader cannot train on this example (answer empty or over max_answer_tokens), or None."""
-        if not answer.strip():
-            return "the answer is empty"
-        piece = bounded_text(self.tokenizer, answer, self.max_answer_tokens)
-        count = len(self._encode(self.prompt.answer_prefix + piece))
-        if count > self.max_answer_tokens:
-            return f"the answer has more than max_answer_tokens={self.max_answer_tokens} tokens"
-        return None
+    def _answer_length(self, answer: str) -> int:
+        return len(self._encode(self.prompt.answer_prefix + answer))
 
     def question_answer_ids(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         """(question-side ids, answer ids) following the documents; ValueError for an unusable answer."""

@@ -33,10 +33,7 @@ from gumbel_rag.readers.bounds import (
     DEFAULT_MAX_ANSWER_TOKENS,
     DEFAULT_MAX_DOCUMENT_TOKENS,
     DEFAULT_MAX_QUESTION_TOKENS,
-    TruncationCounts,
     bounded_text,
-    check_token_bound,
-    truncate_text,
 )
 from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
 from gumbel_rag.readers.state_cache import DocumentStateCache
@@ -133,38 +130,20 @@ class FiDReader(Reader):
         question, so they are reused across epochs, not across questions).
         """
         self.state_cache = state_cache
-        self.max_document_tokens = check_token_bound(max_document_tokens, "max_document_tokens")
-        self.max_question_tokens = check_token_bound(max_question_tokens, "max_question_tokens")
-        self.max_answer_tokens = check_token_bound(max_answer_tokens, "max_answer_tokens")
+        self._set_bounds(max_document_tokens, max_question_tokens, max_answer_tokens)
         self.device = resolve_device(device, model)
         self.model = freeze(model.to(self.device))
         self.tokenizer = tokenizer
         self.passage_batch_size = passage_batch_size
-        self._truncations = TruncationCounts(type(self).__name__)
         self._cache_kwarg = cache_kwarg(self.model)
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = pad if isinstance(pad, int) else 0
         start = getattr(self.model.config, "decoder_start_token_id", None)
         self._start_id = start if isinstance(start, int) else self._pad_id
 
-    @property
-    def truncations(self) -> dict[str, int]:
-        """How many questions were cut to max_question_tokens."""
-        return self._truncations.as_dict()
-
-    def _bounded_question(self, question: str) -> str:
-        kept, cut = truncate_text(self.tokenizer, question, self.max_question_tokens)
-        if cut:
-            self._truncations.add(
-                "questions",
-                f"a question of more than {self.max_question_tokens} tokens was cut to max_question_tokens "
-                f"({len(question)} characters, starting {question[:40]!r})",
-            )
-        return kept
-
     def passage_ids(self, question: str, document: str | None) -> list[int]:
         """Token ids of 'question: q context: d' with the document part cut to max_document_tokens."""
-        return self._passage_ids(self._bounded_question(question), document)
+        return self._passage_ids(self.bounded_question(question), document)
 
     def _passage_ids(self, question: str, document: str | None) -> list[int]:
         head = f"question: {question} context:"
@@ -175,14 +154,8 @@ class FiDReader(Reader):
             text = f"{head} {bounded_text(self.tokenizer, document, self.max_document_tokens)}"
         return list(self.tokenizer(text, truncation=True, max_length=budget)["input_ids"])
 
-    def skip_reason(self, question: str, answer: str) -> str | None:
-        """Why the reader cannot train on this example (answer empty or over max_answer_tokens), or None."""
-        if not answer.strip():
-            return "the answer is empty"
-        piece = bounded_text(self.tokenizer, answer, self.max_answer_tokens)
-        if len(self.tokenizer(piece)["input_ids"]) > self.max_answer_tokens:
-            return f"the answer has more than max_answer_tokens={self.max_answer_tokens} tokens"
-        return None
+    def _answer_length(self, answer: str) -> int:
+        return len(self.tokenizer(answer)["input_ids"])  # with T5's </s>, as in the labels
 
     @torch.no_grad()
     def _encode_passages(self, passages: list[list[int]]) -> list[torch.Tensor]:
@@ -223,7 +196,7 @@ class FiDReader(Reader):
         self, questions: Sequence[str], documents: Sequence[Sequence[str]]
     ) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
         """Per example: the passages' token ids end to end, their (B, K) segments and (B, K, d) states."""
-        bounded = [self._bounded_question(q) for q in questions]
+        bounded = [self.bounded_question(q) for q in questions]
         per_example = [
             [self._passage_ids(q, d) for d in docs] + [self._passage_ids(q, None)]
             for q, docs in zip(bounded, documents, strict=True)
