@@ -23,6 +23,7 @@ It also reports the largest relative difference of the answer loss between cache
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -55,9 +56,17 @@ class Row:
     documents: list[str]
 
 
-def training_rows(n_rows: int, n_docs: int, source: DocumentSource) -> list[Row]:
+def hotpot(name: str, directory: Path | None) -> list[dict[str, Any]]:
+    """HotpotQA rows from ``directory`` (default: ../shared/data/hotpotqa), or [] when absent."""
+    if directory is None:
+        return load_hotpot(name)
+    path = directory / name
+    return json.loads(path.read_text(encoding="utf8")) if path.is_file() else []
+
+
+def training_rows(n_rows: int, n_docs: int, source: DocumentSource, data: Path | None) -> list[Row]:
     """HotpotQA training rows with their paragraphs (generated text when the data is absent)."""
-    rows = load_hotpot("train_distractor_100.json") or load_hotpot("dev_distractor_100.json")
+    rows = hotpot("train_distractor_100.json", data) or hotpot("dev_distractor_100.json", data)
     if not rows:
         return [
             Row(f"question {r}?", "an answer", [source.take(60) for _ in range(n_docs)])
@@ -66,12 +75,14 @@ def training_rows(n_rows: int, n_docs: int, source: DocumentSource) -> list[Row]
     return [Row(row["question"], row["answer"], paragraphs(row)[:n_docs]) for row in rows[:n_rows]]
 
 
-def mined_rows(n_questions: int, corpus_rows: int, top_n: int, source: DocumentSource) -> list[Row]:
+def mined_rows(
+    n_questions: int, corpus_rows: int, top_n: int, source: DocumentSource, data: Path | None
+) -> list[Row]:
     """Questions whose candidates are the BM25 top_n over one corpus (the paragraphs of corpus_rows rows)."""
     import bm25s
 
-    train = load_hotpot("train_distractor_100.json")
-    others = load_hotpot("retrieved_500.json") + load_hotpot("dev_distractor_100.json")
+    train = hotpot("train_distractor_100.json", data)
+    others = hotpot("retrieved_500.json", data) + hotpot("dev_distractor_100.json", data)
     if not train or not others:
         corpus = [source.take(60) for _ in range(corpus_rows * 10)]
         questions = [
@@ -123,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--mined-corpus-rows", type=int, default=None, help="default 10 (~100 paragraphs), quick 2"
     )
+    parser.add_argument(
+        "--hotpot", type=Path, default=None, help="HotpotQA directory (default ../shared/data/hotpotqa)"
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     n_rows = args.rows or (3 if args.quick else 8)
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tmp_path = Path(tmp)
         reranker, reader = load_models(args.quick, tmp_path, args.max_document_tokens)
         source = DocumentSource(AutoTokenizer.from_pretrained(str(default_reranker_path())))
-        rows = training_rows(n_rows, args.candidates, source)
+        rows = training_rows(n_rows, args.candidates, source, args.hotpot)
         cache = DocumentStateCache(tmp_path / "states", max_bytes=8 * 2**30)
 
         def prepare(r: Row) -> Any:
@@ -199,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with peak_memory() as cached_mem:
             with_cache(prepare, cache)(rows[0])
 
-        mined = mined_rows(n_mined, corpus_rows, args.candidates, source)
+        mined = mined_rows(n_mined, corpus_rows, args.candidates, source, args.hotpot)
         slots = sum(len(r.documents) for r in mined)
         distinct = len({d for r in mined for d in r.documents})
         mined_cache = DocumentStateCache(max_bytes=8 * 2**30)
@@ -215,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rows": n_rows,
             "candidates": args.candidates,
             "max_document_tokens": args.max_document_tokens,
+            "data": "hotpotqa" if hotpot("train_distractor_100.json", args.hotpot) else "generated text",
             "fingerprint_s": fingerprint_s,
             "measures": results_rows,
             "max_rel_diff_cached_vs_uncached": max_rel,

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from gumbel_rag.readers.base import (
     DEFAULT_INSTRUCTION,
@@ -409,28 +408,22 @@ class DecoderReader(Reader):
         doc_ids = [[self.document_ids(d) for d in docs] for docs in documents]
         prefix_kv, states = self._states(doc_ids)
 
-        key_ids, key_seg, key_pos = [], [], []
-        keys: list[list[torch.Tensor]] = [[] for _ in prefix_kv[0]]
-        values: list[list[torch.Tensor]] = [[] for _ in prefix_kv[0]]
+        key_ids, key_seg, key_pos, rows = [], [], [], []
         for docs in doc_ids:
             ids, seg, pos = list(self.prefix_ids), [PREFIX] * lp, list(range(lp))
-            parts_k, parts_v = [list(prefix_kv[0])], [list(prefix_kv[1])]
+            parts = [prefix_kv]
             for i, d in enumerate(docs):
                 ids += d
                 seg += [i] * len(d)
                 pos += range(lp, lp + len(d))
-                dk, dv = states[tuple(d)]
-                parts_k.append(dk)
-                parts_v.append(dv)
+                parts.append(states[tuple(d)])
             key_ids.append(ids)
             key_seg.append(seg)
             key_pos.append(pos)
-            for layer in range(len(keys)):
-                keys[layer].append(torch.cat([p[layer] for p in parts_k], dim=2))
-                values[layer].append(torch.cat([p[layer] for p in parts_v], dim=2))
+            rows.append(parts)
         width = max(len(s) for s in key_seg)
-        padded_keys = [_pad_kv(rows, width) for rows in keys]
-        padded_values = [_pad_kv(rows, width) for rows in values]
+        padded_keys = _assemble_kv([[kv[0] for kv in parts] for parts in rows], width)
+        padded_values = _assemble_kv([[kv[1] for kv in parts] for parts in rows], width)
 
         qa = [self.question_answer_ids(q, a) for q, a in zip(questions, answers, strict=True)]
         dev = self.device
@@ -600,9 +593,24 @@ def _unflatten(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[to
     return tensors[:half], tensors[half:]
 
 
-def _pad_kv(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    """Concatenate per-example (1, H, K_b, D) states into (B, H, width, D), zero padded on the right."""
-    return torch.cat([F.pad(r, (0, 0, 0, width - r.shape[2])) for r in rows], dim=0)
+def _assemble_kv(rows: list[list[list[torch.Tensor]]], width: int) -> list[torch.Tensor]:
+    """Per layer, the (B, H, width, D) states of each row's parts end to end, zero padded on the right.
+
+    ``rows[b]`` holds row b's parts (prefix, then its documents), each a per-layer list of (1, H, len, D)
+    tensors. One allocation and one copy per part: concatenating, then padding, copied everything twice.
+    """
+    out = []
+    for layer, first in enumerate(rows[0][0]):
+        batch = first.new_empty((len(rows), first.shape[1], width, first.shape[3]))
+        for b, parts in enumerate(rows):
+            start = 0
+            for part in parts:
+                length = part[layer].shape[2]
+                batch[b, :, start : start + length] = part[layer][0]
+                start += length
+            batch[b, :, start:] = 0  # padding keys are masked out, but must be finite
+        out.append(batch)
+    return out
 
 
 def _as_decoder_batch(batch: ReaderBatch) -> DecoderBatch:
