@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gumbel_rag.data import QAExample, generate_multihop, write_qalog
+from gumbel_rag.data.files import write_json
 
-__all__ = ["run_demo"]
+if TYPE_CHECKING:
+    from gumbel_rag.losses import RerankLoss
+    from gumbel_rag.reranker import GumbelReranker
+    from gumbel_rag.trainer import TrainConfig
+
+__all__ = ["make_demo_data", "run_demo"]
 
 
 def _table(before: dict[str, float], after: dict[str, float]) -> str:
@@ -27,40 +33,62 @@ def _sample_rerank(model_dir: Path, example: QAExample) -> list[tuple[float, str
     return [(r.score, r.text) for r in ranked]
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Generate data, train the default reranker through the default reader, report and save."""
-    from gumbel_rag.cli import _load_models, _train_config
-    from gumbel_rag.evaluation import evaluate_reranker
-    from gumbel_rag.trainer import train
-
-    output: Path = args.output
+def make_demo_data(output: Path, train_size: int, dev_size: int, *, seed: int) -> tuple[list, list]:
+    """Generate the training and held-out questions and write them under ``output/data``."""
     data_dir = output / "data"
-    examples = generate_multihop(args.train_size + args.dev_size, seed=args.seed)
-    train_set, dev_set = examples[: args.train_size], examples[args.train_size :]
+    examples = generate_multihop(train_size + dev_size, seed=seed)
+    train_set, dev_set = examples[:train_size], examples[train_size:]
     write_qalog(train_set, data_dir / "train.jsonl")
     write_qalog(dev_set, data_dir / "dev.jsonl")
     print(
         f"generated {len(train_set)} training and {len(dev_set)} held-out multi-hop questions in {data_dir}"
     )
     print(f"example: {train_set[0].question} -> {train_set[0].answers[0]}")
+    return train_set, dev_set
 
-    print("loading the default reranker (all-MiniLM-L6-v2) and reader (SmolLM2-135M-Instruct) ...")
-    reranker, reader = _load_models(args, None)
-    ks = tuple(args.eval_k)
+
+def run_demo(
+    reranker: GumbelReranker,
+    loss: RerankLoss,
+    config: TrainConfig,
+    train_set: Sequence[QAExample],
+    dev_set: Sequence[QAExample],
+    *,
+    ks: tuple[int, ...],
+    output: Path,
+) -> int:
+    """Measure, train ``reranker`` with ``loss``, measure again, show a reranked question, save results."""
+    from gumbel_rag.evaluation import evaluate_reranker
+    from gumbel_rag.trainer import train
+
     before = evaluate_reranker(reranker, dev_set, ks=ks)
-    config = _train_config(args, output / "model", resume=False)
-    result = train(reranker, reader, train_set, config, dev_set)
+    # No dev set for train(): it would pick its checkpoint on the held-out questions measured below. The
+    # trainer holds out its own validation split of the training questions instead.
+    result = train(reranker, loss, train_set, config)
     after = evaluate_reranker(reranker.eval(), dev_set, ks=ks)
 
     print(f"\nheld-out Recall before and after fine-tuning (n={after['n']}):")
     print(_table(before, after))
-    print(f"\n{result.steps} optimizer steps, {result.seconds_per_step:.2f} s per step")
+    kept = f"step {result.best_step}" if result.best_step is not None else "the last step"
+    print(
+        f"\n{result.steps} optimizer steps, {result.seconds_per_step:.2f} s per step; validation split: "
+        f"{result.validation_rows} of the {len(train_set)} training questions held out, weights of {kept} "
+        f"kept{' (stopped early)' if result.stopped_early else ''}"
+    )
     sample = dev_set[0]
     print(f"\nreranking a held-out question with the fine-tuned model:\n  Q: {sample.question}")
     for score, text in _sample_rerank(result.model_dir, sample):
         print(f"  {score:7.2f}  {text}")
-    (output / "demo_results.json").write_text(
-        json.dumps({"before": before, "after": after, "steps": result.steps}, indent=2) + "\n"
+    write_json(
+        output / "demo_results.json",
+        {
+            "before": before,
+            "after": after,
+            "steps": result.steps,
+            "validation_rows": result.validation_rows,
+            "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
+        },
     )
     print(f"\nmodel:   {result.model_dir}  (GumbelReranker.from_pretrained or SentenceTransformer loads it)")
     print(f"logs:    {result.log_dir}  (tensorboard --logdir {result.log_dir})")

@@ -53,6 +53,8 @@ class EmbeddingCache:
         self.max_bytes = check_cache_bound(max_bytes, "max_bytes")
         self._data: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._sizes: dict[str, int] = {}
+        # Texts whose embedding came from a truncated input, so a cache hit still counts as truncated.
+        self._truncated: set[str] = set()
         self._nbytes = 0
         self._fingerprint: Hashable = None
         self._lock = threading.Lock()
@@ -85,7 +87,12 @@ class EmbeddingCache:
     def _clear(self) -> None:
         self._data.clear()
         self._sizes.clear()
+        self._truncated.clear()
         self._nbytes = 0
+
+    def was_truncated(self, text: str) -> bool:
+        """Whether the cached embedding of ``text`` was computed from a truncated input."""
+        return text in self._truncated
 
     def check_fingerprint(self, fingerprint: Hashable) -> None:
         """Empty the cache if the embeddings were made by a different model state."""
@@ -112,14 +119,25 @@ class EmbeddingCache:
         """The cached embedding of one text, or None."""
         return self.get_many([text])[0]
 
-    def put_many(self, texts: Sequence[str], embeddings: Sequence[torch.Tensor]) -> None:
-        """Store embeddings (copied to compact CPU tensors), evicting least recently used entries."""
+    def put_many(
+        self,
+        texts: Sequence[str],
+        embeddings: Sequence[torch.Tensor],
+        truncated: Sequence[bool] | None = None,
+    ) -> None:
+        """Store embeddings (copied to compact CPU tensors), evicting least recently used entries.
+
+        ``truncated`` marks the texts whose input was cut to the model's limit (see :meth:`was_truncated`).
+        """
         if len(texts) != len(embeddings):
             raise ValueError(f"got {len(texts)} texts but {len(embeddings)} embeddings")
+        flags = [False] * len(texts) if truncated is None else list(truncated)
+        if len(flags) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(flags)} truncation flags")
         # clone(): a row of a batch output is a view that would keep the whole batch's storage alive.
         rows = [e.detach().to("cpu", copy=True).contiguous() for e in embeddings]
         with self._lock:
-            for text, emb in zip(texts, rows, strict=True):
+            for text, emb, cut in zip(texts, rows, flags, strict=True):
                 size = entry_bytes(text, emb)
                 if self.max_bytes is not None and size > self.max_bytes:
                     continue
@@ -128,6 +146,9 @@ class EmbeddingCache:
                     del self._data[text]
                 self._data[text] = emb
                 self._sizes[text] = size
+                self._truncated.discard(text)
+                if cut:
+                    self._truncated.add(text)
                 self._nbytes += size
                 self._evict()
 
@@ -142,6 +163,7 @@ class EmbeddingCache:
         ):
             text, _ = self._data.popitem(last=False)
             self._nbytes -= self._sizes.pop(text)
+            self._truncated.discard(text)
 
     def __repr__(self) -> str:
         """Bounds, fill and hit counts, for logs."""

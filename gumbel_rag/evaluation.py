@@ -23,6 +23,7 @@ __all__ = [
     "indirect_gold",
     "normalize_answer",
     "rank_examples",
+    "reader_answer_loss",
 ]
 
 
@@ -181,3 +182,52 @@ def evaluate_answers(
             em.append(answer_exact_match(prediction, ex.answers))
             f1.append(answer_f1(prediction, ex.answers))
     return {f"answer_em@{k}": sum(em) / len(em), f"answer_f1@{k}": sum(f1) / len(f1), "n_answers": len(em)}
+
+
+def reader_answer_loss(
+    reranker: GumbelReranker,
+    reader: Any,
+    examples: Sequence[QAExample],
+    k: int = 5,
+    *,
+    batch_size: int = 4,
+    accelerator: Any | None = None,
+) -> dict[str, float]:
+    """The frozen reader's mean answer NLL per token when it reads the reranker's top ``k`` documents.
+
+    What a reranker is for, measured without gold labels: rank each question's candidates (no noise),
+    show the reader only the top ``k`` (a 0 / -inf document mask over all of them), and score the first
+    answer. Lower is better. Returns ``answer_nll`` and ``n`` (examples with at least one candidate).
+    """
+    import torch
+
+    usable = [ex for ex in examples if ex.candidates]
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        with accelerator.split_between_processes(usable) as share:
+            losses = gather_object(_answer_losses(reranker, reader, share, k, batch_size))
+    else:
+        losses = _answer_losses(reranker, reader, usable, k, batch_size)
+    if not losses:
+        return {"n": 0}
+    return {"answer_nll": float(torch.tensor(losses).mean()), "n": len(losses)}
+
+
+def _answer_losses(
+    reranker: GumbelReranker, reader: Any, examples: Sequence[QAExample], k: int, batch_size: int
+) -> list[float]:
+    import torch
+
+    out: list[float] = []
+    rankings = rank_examples(reranker, examples)
+    for start in range(0, len(examples), batch_size):
+        part, ranked = examples[start : start + batch_size], rankings[start : start + batch_size]
+        documents = [[c.content for c in ex.candidates] for ex in part]
+        with torch.no_grad():
+            batch = reader.prepare([ex.question for ex in part], documents, [ex.answers[0] for ex in part])
+            log_mask = torch.full(batch.candidate_mask.shape, float("-inf"), device=reader.device)
+            for row, order in enumerate(ranked):
+                log_mask[row, list(order[:k])] = 0.0
+            out += reader.answer_loss(batch, log_mask).float().cpu().tolist()
+    return out

@@ -1,5 +1,8 @@
 """Opt-in fast inference backends for :class:`~gumbel_rag.reranker.GumbelReranker` (CPU).
 
+:func:`load_backbone` builds one for a loaded sentence-transformers model, and the reranker is handed
+it (as sentence-transformers' own ``backend/`` loaders do); this module knows nothing of the reranker.
+
 ``backend="openvino"`` converts the model's transformer backbone (the first sentence-transformers
 module: BERT & co. for bi-encoders, the sequence-classification model for cross-encoders) to an
 OpenVINO graph compiled for the CPU in float32. Tokenization, pooling, normalisation and scoring stay
@@ -19,15 +22,14 @@ CPU without VNNI (docs/performance.md).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from gumbel_rag.reranker import GumbelReranker
+from gumbel_rag.errors import ConfigError
 
-__all__ = ["OpenVINOBackbone", "accelerate_model"]
+__all__ = ["OpenVINOBackbone", "load_backbone"]
 
 # Integer inputs the exported graph takes, in this order, when the tokenizer produces them.
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -66,6 +68,7 @@ class OpenVINOBackbone:
     # little padding (see gumbel_rag.reranker._length_buckets); measured in docs/performance.md.
     call_cost_tokens = 16
     max_batch_size = 4
+    name = "openvino"
 
     def __init__(self, model: Any, kind: str) -> None:
         """Convert and compile ``model[0]``'s Hugging Face model (a few seconds; once per load)."""
@@ -137,15 +140,13 @@ class OpenVINOBackbone:
         return results
 
 
-def accelerate_model(reranker: GumbelReranker, backend: str) -> None:
-    """Attach the fast inference ``backend`` to a CPU ``reranker`` (training keeps needing ``"torch"``)."""
+def load_backbone(model: Any, kind: str, backend: str) -> OpenVINOBackbone | None:
+    """The inference backbone for ``backend`` over a loaded CPU ``model``; ``None`` for exact torch."""
     if backend == "torch":
-        reranker._fast_backbone, reranker.backend = None, "torch"
-        return
+        return None
     if backend != "openvino":
-        raise ValueError(f"unknown backend {backend!r}")
-    if reranker.device.type != "cpu":
-        raise ValueError(f"backend='openvino' runs on the CPU, but the model is on {reranker.device}")
-    reranker.model.eval()
-    reranker._fast_backbone = OpenVINOBackbone(reranker.model, reranker.kind)
-    reranker.backend = "openvino"
+        raise ConfigError(f"backend must be 'torch' or 'openvino', got {backend!r}")
+    if model.device.type != "cpu":
+        raise ConfigError(f"backend='openvino' runs on the CPU, but the model is on {model.device}")
+    model.eval()
+    return OpenVINOBackbone(model, kind)

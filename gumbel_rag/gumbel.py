@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from gumbel_rag.defaults import DEFAULT_KAPPA, DEFAULT_TAU
+
 __all__ = ["gumbel_noise", "relaxed_topk_log_mask", "relaxed_topk_mask"]
 
 
@@ -35,8 +37,8 @@ def relaxed_topk_log_mask(
     scores: torch.Tensor,
     k: int,
     *,
-    kappa: float = 1.0,
-    tau: float = 0.5,
+    kappa: float = DEFAULT_KAPPA,
+    tau: float = DEFAULT_TAU,
     mask: torch.Tensor | None = None,
     noise: bool = True,
     generator: torch.Generator | None = None,
@@ -89,8 +91,8 @@ def relaxed_topk_mask(
     scores: torch.Tensor,
     k: int,
     *,
-    kappa: float = 1.0,
-    tau: float = 0.5,
+    kappa: float = DEFAULT_KAPPA,
+    tau: float = DEFAULT_TAU,
     mask: torch.Tensor | None = None,
     noise: bool = True,
     generator: torch.Generator | None = None,

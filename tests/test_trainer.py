@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from sentence_transformers import SentenceTransformer
 
 from gumbel_rag import GumbelReranker
 from gumbel_rag.data import generate_multihop
-from gumbel_rag.losses import GumbelRerankLoss
+from gumbel_rag.errors import TrainingError
+from gumbel_rag.losses import GumbelRerankLoss, SupervisedListwiseLoss
 from gumbel_rag.readers import load_reader
-from gumbel_rag.trainer import TrainConfig, train
+from gumbel_rag.trainer import TrainConfig, train, trainable_examples
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +30,14 @@ def reader(tiny_reader_dir: Path):
     return load_reader(str(tiny_reader_dir), device="cpu", max_document_tokens=24)
 
 
+@pytest.fixture(scope="module")
+def loss(reader) -> GumbelRerankLoss:
+    return GumbelRerankLoss(reader, k=2)
+
+
 def _config(tmp_path: Path, **overrides) -> TrainConfig:
     base = dict(
         output_dir=str(tmp_path),
-        k=2,
         learning_rate=5e-3,
         gradient_accumulation_steps=2,
         batch_size=2,
@@ -39,6 +45,10 @@ def _config(tmp_path: Path, **overrides) -> TrainConfig:
         save_every=1,
         mixed_precision="no",
         progress=False,
+        # The loop's mechanics without checkpoint selection (tests/test_training_selection.py has those).
+        validation_fraction=0.0,
+        select_best=False,
+        interpolation=1.0,
     )
     base.update(overrides)
     return TrainConfig(**base)
@@ -48,11 +58,11 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(next(path.glob("*.safetensors"))))
 
 
-def test_training_writes_model_logs_and_curves(tiny_bi_encoder_dir, reader, data, tmp_path) -> None:
+def test_training_writes_model_logs_and_curves(tiny_bi_encoder_dir, reader, loss, data, tmp_path) -> None:
     reranker = GumbelReranker.from_pretrained(tiny_bi_encoder_dir)
     before = {k: v.clone() for k, v in reranker.state_dict().items()}
     reader_before = {k: v.clone() for k, v in reader.model.state_dict().items()}
-    result = train(reranker, reader, data[0], _config(tmp_path), data[1])
+    result = train(reranker, loss, data[0], _config(tmp_path), data[1])
 
     # 10 examples / (batch 2 * accumulation 2) -> 3 optimizer steps (the last window is short).
     assert result.steps == 3 and result.skipped_steps == 0
@@ -90,42 +100,45 @@ def test_training_writes_model_logs_and_curves(tiny_bi_encoder_dir, reader, data
     )
 
 
-def test_same_seed_same_weights(tiny_bi_encoder_dir, reader, data, tmp_path) -> None:
-    a = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), reader, data[0], _config(tmp_path / "a"))
-    b = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), reader, data[0], _config(tmp_path / "b"))
+def test_same_seed_same_weights(tiny_bi_encoder_dir, loss, data, tmp_path) -> None:
+    a = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), loss, data[0], _config(tmp_path / "a"))
+    b = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), loss, data[0], _config(tmp_path / "b"))
     c = train(
-        GumbelReranker.from_pretrained(tiny_bi_encoder_dir), reader, data[0], _config(tmp_path / "c", seed=1)
+        GumbelReranker.from_pretrained(tiny_bi_encoder_dir), loss, data[0], _config(tmp_path / "c", seed=1)
     )
     wa, wb, wc = _weights(a.model_dir), _weights(b.model_dir), _weights(c.model_dir)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
 
-class _CrashAfter:
-    """Wraps the loss and raises after N calls, as a killed process would stop."""
+class _CrashAfter(GumbelRerankLoss):
+    """G-Rerank that raises after N calls, as a killed process would stop."""
 
-    def __init__(self, loss: GumbelRerankLoss, calls: int) -> None:
-        self.loss, self.calls = loss, calls
+    def __init__(self, reader, calls: int) -> None:
+        super().__init__(reader, k=2)
+        self.calls = calls
 
-    def __call__(self, *args, **kwargs) -> torch.Tensor:
+    def forward(self, *args, **kwargs) -> torch.Tensor:
         if self.calls == 0:
             raise KeyboardInterrupt("simulated kill")
         self.calls -= 1
-        return self.loss(*args, **kwargs)
+        return super().forward(*args, **kwargs)
 
 
-def test_resume_finishes_with_the_uninterrupted_weights(tiny_bi_encoder_dir, reader, data, tmp_path) -> None:
+def test_resume_finishes_with_the_uninterrupted_weights(
+    tiny_bi_encoder_dir, reader, loss, data, tmp_path
+) -> None:
     full = train(
-        GumbelReranker.from_pretrained(tiny_bi_encoder_dir), reader, data[0], _config(tmp_path / "full")
+        GumbelReranker.from_pretrained(tiny_bi_encoder_dir), loss, data[0], _config(tmp_path / "full")
     )
     cfg = _config(tmp_path / "crash", epochs=1)
-    crash_loss = _CrashAfter(GumbelRerankLoss(reader, k=2), calls=4)  # dies in the micro-batch of step 3
+    crash_loss = _CrashAfter(reader, calls=4)  # dies in the micro-batch of step 3
     with pytest.raises(KeyboardInterrupt):
-        train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), reader, data[0], cfg, loss_fn=crash_loss)
+        train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), crash_loss, data[0], cfg)
     assert (tmp_path / "crash" / "checkpoints" / "step-2").is_dir()
     resumed = train(
         GumbelReranker.from_pretrained(tiny_bi_encoder_dir),
-        reader,
+        loss,
         data[0],
         _config(tmp_path / "crash", resume=True),
     )
@@ -135,33 +148,33 @@ def test_resume_finishes_with_the_uninterrupted_weights(tiny_bi_encoder_dir, rea
         torch.testing.assert_close(wr[key], wf[key], atol=1e-6, rtol=1e-5)
 
 
-class _NaNAt:
-    def __init__(self, loss: GumbelRerankLoss, call: int) -> None:
-        self.loss, self.call, self.n = loss, call, 0
+class _NaNAt(GumbelRerankLoss):
+    """G-Rerank whose N-th call returns NaN."""
 
-    def __call__(self, *args, **kwargs) -> torch.Tensor:
+    def __init__(self, reader, call: int) -> None:
+        super().__init__(reader, k=2)
+        self.call, self.n = call, 0
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
         self.n += 1
-        out = self.loss(*args, **kwargs)
+        out = super().forward(*args, **kwargs)
         return out * float("nan") if self.n == self.call else out
 
 
 def test_non_finite_step_is_skipped_and_counted(tiny_bi_encoder_dir, reader, data, tmp_path) -> None:
-    loss = _NaNAt(GumbelRerankLoss(reader, k=2), call=1)
     reranker = GumbelReranker.from_pretrained(tiny_bi_encoder_dir)
-    result = train(reranker, reader, data[0], _config(tmp_path), loss_fn=loss)
+    result = train(reranker, _NaNAt(reader, call=1), data[0], _config(tmp_path))
     assert result.skipped_steps == 1 and result.steps == 3
     assert all(torch.isfinite(p).all() for p in reranker.parameters())
 
 
 def test_non_finite_step_can_raise(tiny_bi_encoder_dir, reader, data, tmp_path) -> None:
-    loss = _NaNAt(GumbelRerankLoss(reader, k=2), call=1)
     with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 1"):
         train(
             GumbelReranker.from_pretrained(tiny_bi_encoder_dir),
-            reader,
+            _NaNAt(reader, call=1),
             data[0],
             _config(tmp_path, nonfinite="raise"),
-            loss_fn=loss,
         )
 
 
@@ -178,10 +191,37 @@ def test_loss_gradient_reaches_reranker_only(tiny_bi_encoder_dir, reader, data) 
     assert "reader" not in dict(GumbelRerankLoss(reader).named_modules())
 
 
-def test_bad_config_and_empty_data(tiny_bi_encoder_dir, reader, tmp_path) -> None:
+def test_bad_config_and_empty_data(tiny_bi_encoder_dir, reader, loss, data, tmp_path) -> None:
     with pytest.raises(ValueError, match="k must be"):
-        TrainConfig(output_dir=str(tmp_path), k=0)
+        GumbelRerankLoss(reader, k=0)
     with pytest.raises(ValueError, match="nonfinite"):
         TrainConfig(output_dir=str(tmp_path), nonfinite="ignore")
-    with pytest.raises(ValueError, match="no training examples"):
-        train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), reader, [], _config(tmp_path))
+    with pytest.raises(TrainingError, match="nothing to train: none of the 0 rows"):
+        train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), loss, [], _config(tmp_path))
+    # Every row has 5 candidates: a top-5 loss can learn nothing from any of them, and says so per row.
+    with pytest.raises(
+        TrainingError, match=r"none of the 10 rows can teach the gumbel loss \(10 at most k=5 candidates\)$"
+    ):
+        train(
+            GumbelReranker.from_pretrained(tiny_bi_encoder_dir),
+            GumbelRerankLoss(reader),
+            data[0],
+            _config(tmp_path),
+        )
+
+
+def test_train_drops_the_rows_its_loss_cannot_learn_from(tiny_bi_encoder_dir, reader, data, tmp_path) -> None:
+    two = data[0][4]  # cut to its first gold candidate and one other
+    others = [c for i, c in enumerate(two.candidates) if i not in two.gold]
+    rows = [
+        *data[0][:4],
+        replace(two, candidates=[two.candidates[two.gold[0]], others[0]], gold=[0]),
+        replace(data[0][5], gold=None),
+    ]
+    supervised = SupervisedListwiseLoss()
+    kept, dropped = trainable_examples(supervised, rows)
+    assert kept == rows[:5] and dropped.skipped == {"no gold candidate": 1}
+    kept, dropped = trainable_examples(GumbelRerankLoss(reader, k=2), rows)
+    assert kept == [*rows[:4], rows[5]] and dropped.skipped == {"at most k=2 candidates": 1}
+    result = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), supervised, rows, _config(tmp_path))
+    assert result.dropped.skipped == {"no gold candidate": 1} and result.steps == 2

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gumbel_rag.defaults import METHODS
+from gumbel_rag.defaults import DEFAULT_K, DEFAULT_KAPPA, DEFAULT_TAU, METHODS
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 TABLE_METRICS = (
@@ -91,9 +91,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--answer-limit", type=int, default=None, help="dev questions for EM/F1 (default: all)")
     p.add_argument("--answer-k", type=int, default=5, help="documents the reader answers from")
     p.add_argument("--no-answers", action="store_true", help="skip answer EM/F1 (reader generation)")
-    p.add_argument("--k", type=int, default=5, help="G-Rerank relaxed top-k (ablations override)")
-    p.add_argument("--kappa", type=float, default=0.25, help="G-Rerank kappa (tuned by hotpotqa.py)")
-    p.add_argument("--tau", type=float, default=1.0, help="G-Rerank tau (tuned by hotpotqa.py)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="G-Rerank relaxed top-k (ablations override)")
+    p.add_argument("--kappa", type=float, default=DEFAULT_KAPPA, help="G-Rerank kappa (tuned by hotpotqa.py)")
+    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="G-Rerank tau (tuned by hotpotqa.py)")
     p.add_argument("--lr", type=float, default=2e-5, help="learning rate, the same for every method")
     p.add_argument("--batch-size", type=int, default=4, help="questions per optimizer step")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke tests)")
@@ -142,6 +142,7 @@ def run_all(args: argparse.Namespace) -> None:
     """Train and evaluate every (variant, seed) not yet in runs.jsonl."""
     from gumbel_rag import GumbelReranker
     from gumbel_rag.data import filter_trainable, load_examples
+    from gumbel_rag.losses import build_loss
     from gumbel_rag.readers import load_reader
     from gumbel_rag.trainer import TrainConfig, train
 
@@ -174,7 +175,10 @@ def run_all(args: argparse.Namespace) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     durations: list[float] = []
     for variant in variants(args.methods.split(","), args.ablations):
-        settings = {"k": args.k, "kappa": args.kappa, "tau": args.tau, **variant.overrides}
+        # G-Rerank's options for its variants; the other methods keep their own defaults.
+        settings = {}
+        if variant.method == "gumbel":
+            settings = {"k": args.k, "kappa": args.kappa, "tau": args.tau, **variant.overrides}
         # Every method sees the same rows: those with at least k candidates (k of the default G-Rerank).
         rows, _ = filter_trainable(train_rows, args.k)
         for seed in seeds:
@@ -187,9 +191,9 @@ def run_all(args: argparse.Namespace) -> None:
                 return
             run_start = time.perf_counter()
             reranker = GumbelReranker.from_pretrained(args.reranker, device=args.device)
+            loss = build_loss(variant.method, reader if variant.method != "supervised" else None, **settings)
             config = TrainConfig(
                 output_dir=str(args.output / name),
-                method=variant.method,
                 learning_rate=args.lr,
                 batch_size=args.batch_size,
                 gradient_accumulation_steps=1,
@@ -197,10 +201,10 @@ def run_all(args: argparse.Namespace) -> None:
                 seed=seed,
                 eval_every=10**9,
                 save_every=10**9,
-                **settings,
+                overwrite=True,  # a run that did not finish (not in runs.jsonl) starts again
             )
             start = time.perf_counter()
-            result = train(reranker, reader if variant.method != "supervised" else None, rows, config)
+            result = train(reranker, loss, rows, config)
             train_seconds = time.perf_counter() - start
             record(
                 {

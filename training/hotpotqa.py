@@ -23,7 +23,9 @@ from typing import Any
 
 from gumbel_rag import GumbelReranker
 from gumbel_rag.data import filter_trainable, load_examples
+from gumbel_rag.defaults import DEFAULT_K
 from gumbel_rag.evaluation import evaluate_reranker
+from gumbel_rag.losses import build_loss, loss_options
 from gumbel_rag.readers import load_reader
 from gumbel_rag.trainer import TrainConfig, train
 
@@ -61,6 +63,9 @@ def run(
 ) -> dict[str, Any]:
     """Train a fresh default reranker with one configuration and evaluate it."""
     reranker = GumbelReranker.from_pretrained(args.reranker, device=args.device)
+    # A grid point mixes loss options (k, kappa, tau ...) and loop settings (learning_rate ...).
+    loss_keys = set(loss_options("gumbel"))
+    loss = build_loss("gumbel", reader, **{k: v for k, v in point.items() if k in loss_keys})
     config = TrainConfig(
         output_dir=str(args.output / name),
         seed=args.seed,
@@ -70,10 +75,11 @@ def run(
         progress=False,
         eval_every=10**9,
         save_every=10**9,
-        **point,
+        overwrite=True,
+        **{k: v for k, v in point.items() if k not in loss_keys},
     )
     start = time.perf_counter()
-    result = train(reranker, reader, train_set, config, None)
+    result = train(reranker, loss, train_set, config, None)
     metrics = evaluate_reranker(reranker.eval(), eval_set, ks=(2, 5))
     return {
         "name": name,
@@ -116,7 +122,7 @@ def main() -> None:
     if not args.skip_tuning and len(points) > 1:
         scored = []
         for i, point in enumerate(points):
-            k = point.get("k", 5)
+            k = point.get("k", DEFAULT_K)
             tune_set, _ = filter_trainable(rest + retrieved, k)
             row = run(args, reader, tune_set, val, point, f"tune-{i}")
             results["runs"].append({"phase": "tune", **row})
@@ -124,7 +130,7 @@ def main() -> None:
             print("tune:", json.dumps(row), flush=True)
             scored.append(((row["metrics"]["recall@5"], row["metrics"]["recall@2"]), i))
         best = points[max(scored)[1]]
-    final_set, _ = filter_trainable(all_train, best.get("k", 5))
+    final_set, _ = filter_trainable(all_train, best.get("k", DEFAULT_K))
     row = run(args, reader, final_set, dev, best, "final")
     results["runs"].append({"phase": "final", **row})
     results["best"] = best

@@ -8,7 +8,7 @@ from gumbel_rag.data.formats import (
     load_many,
     write_qalog,
 )
-from gumbel_rag.data.mining import load_corpus, mine_candidates, mine_file
+from gumbel_rag.data.mining import amine_qa_log, load_corpus, mine_candidates, mine_file, mine_qa_log
 from gumbel_rag.data.schema import Candidate, DataError, LoadSummary, QAExample
 from gumbel_rag.data.synthetic import generate_multihop
 
@@ -18,6 +18,7 @@ __all__ = [
     "DataError",
     "LoadSummary",
     "QAExample",
+    "amine_qa_log",
     "detect_format",
     "filter_trainable",
     "generate_multihop",
@@ -26,5 +27,6 @@ __all__ = [
     "load_many",
     "mine_candidates",
     "mine_file",
+    "mine_qa_log",
     "write_qalog",
 ]

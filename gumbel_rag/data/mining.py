@@ -1,25 +1,47 @@
-"""Mining candidates for QA logs that have none: BM25, a dense bi-encoder, or any retriever callable."""
+"""Mining candidates for QA logs that have none: BM25, a dense encoder, or any retriever callable.
+
+The data layer loads no model: dense retrieval takes an encoder object (anything with ``encode(texts)``,
+such as a loaded ``GumbelReranker``), and :func:`mine_qa_log` / :func:`amine_qa_log` take a retrieve
+callable, which is how the LangChain, LlamaIndex and Haystack integrations mine with their retrievers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from gumbel_rag.data.answers import answer_in_text
+from gumbel_rag.data.files import json_safe
 from gumbel_rag.data.formats import load_examples, write_qalog
 from gumbel_rag.data.formats.qalog import fail, parse_candidate, read_rows
 from gumbel_rag.data.schema import Candidate, DataError, LoadSummary, QAExample
+from gumbel_rag.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Encoder", "Retriever", "load_corpus", "mine_candidates", "mine_file"]
+__all__ = [
+    "Encoder",
+    "Retriever",
+    "amine_qa_log",
+    "load_corpus",
+    "mine_candidates",
+    "mine_file",
+    "mine_qa_log",
+    "write_qalog_atomic",
+]
 
 # A user retriever maps (query, top_n) to corpus indices, Candidates or plain strings, best first.
 RetrieverFn = Callable[[str, int], Sequence["int | Candidate | str"]]
+Doc = TypeVar("Doc")
+QALog = str | os.PathLike[str] | Iterable[QAExample]
 
 
 class Encoder(Protocol):
@@ -30,7 +52,7 @@ class Encoder(Protocol):
         ...
 
 
-Retriever = Literal["bm25", "dense"] | RetrieverFn | Encoder
+Retriever = Literal["bm25"] | RetrieverFn | Encoder
 _QUERY_BATCH = 256
 
 
@@ -130,13 +152,6 @@ def _dense(
     return results
 
 
-def _default_encoder(accelerator: Any | None = None) -> Encoder:
-    from gumbel_rag.reranker import GumbelReranker
-
-    # Under a launcher every process encodes on its own device (its GPU), not all on the first one.
-    return GumbelReranker.from_pretrained(device=accelerator.device if accelerator is not None else None)
-
-
 def _is_distributed(accelerator: Any | None) -> bool:
     return accelerator is not None and accelerator.num_processes > 1
 
@@ -179,8 +194,8 @@ def mine_candidates(
 ) -> list[QAExample]:
     """Give every example without candidates the ``top_n`` corpus documents retrieved for its question.
 
-    ``retriever``: "bm25" (bm25s), "dense" (the default bi-encoder), an object with ``encode(texts)``
-    (e.g. a fine-tuned GumbelReranker), or a callable ``(question, top_n) -> indices | Candidates | strs``.
+    ``retriever``: "bm25" (bm25s), an encoder for dense retrieval (an object with ``encode(texts)``, e.g.
+    ``GumbelReranker.from_pretrained()``), or a callable ``(question, top_n) -> indices | Candidates | strs``.
     ``corpus`` may be None for a callable that returns Candidates or strings (indices need a corpus).
     Examples that already have candidates are returned unchanged. Mined examples get ``gold`` = the
     candidates containing an answer when ``gold_from_answer``, else None (unknown).
@@ -190,8 +205,13 @@ def mine_candidates(
     embeds a share of the corpus), and the results are gathered, so every process returns what a
     single process would, in the same order. Every process must call this with the same arguments.
     """
-    if top_n < 1:
-        raise ValueError(f"top_n must be >= 1, got {top_n}")
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+        raise ConfigError(f"top_n must be a positive integer, got {top_n!r}")
+    if retriever == "dense":
+        raise ConfigError(
+            "retriever='dense' needs an encoder: pass the bi-encoder itself as the retriever, e.g. "
+            "retriever=GumbelReranker.from_pretrained() (the data layer loads no model)"
+        )
     docs = [c if isinstance(c, Candidate) else Candidate(text=c) for c in corpus or []]
     # A callable that returns documents (a framework's retriever) needs no corpus here.
     needs_corpus = isinstance(retriever, str) or hasattr(retriever, "encode")
@@ -200,12 +220,10 @@ def mine_candidates(
             "the corpus is empty" if corpus is not None else f"retriever {retriever!r} needs a corpus"
         )
     todo = [i for i, ex in enumerate(examples) if not ex.candidates]
-    if isinstance(retriever, str) and retriever not in ("bm25", "dense"):
-        raise ValueError(f"unknown retriever {retriever!r}; expected 'bm25', 'dense' or a callable")
+    if isinstance(retriever, str) and retriever != "bm25":
+        raise ConfigError(f"unknown retriever {retriever!r}; expected 'bm25', an encoder or a callable")
     if not isinstance(retriever, str) and not hasattr(retriever, "encode") and not callable(retriever):
-        raise TypeError(
-            f"retriever must be 'bm25', 'dense', an encoder or a callable, got {type(retriever).__name__}"
-        )
+        raise TypeError(f"retriever must be 'bm25', an encoder or a callable, got {type(retriever).__name__}")
     if not todo:
         mined: list[list[Candidate]] = []
     elif _is_distributed(accelerator):
@@ -236,10 +254,7 @@ def _retrieve(
 ) -> list[list[Candidate]]:
     """The candidates of each question, best first (one process's share under a launcher)."""
     if isinstance(retriever, str):
-        if retriever == "bm25":
-            return [_scored(docs, h) for h in _bm25(docs, questions, top_n)]
-        encoder = _default_encoder(accelerator)
-        return [_scored(docs, h) for h in _dense(encoder, docs, questions, top_n, accelerator)]
+        return [_scored(docs, h) for h in _bm25(docs, questions, top_n)]
     if hasattr(retriever, "encode"):
         # Checked before callable(): a reranker is an nn.Module, whose __call__ is not a retriever.
         return [_scored(docs, h) for h in _dense(retriever, docs, questions, top_n, accelerator)]
@@ -273,8 +288,165 @@ def mine_file(
         accelerator=accelerator,
     )
     if accelerator is None or accelerator.is_main_process:
-        write_qalog(mined, output_path)
+        write_qalog_atomic(mined, output_path)
     if _is_distributed(accelerator):
         # Nobody returns before the file exists, so a launched script can read it right after.
         accelerator.wait_for_everyone()
     return summary
+
+
+# ----------------------------------------------------------------------------- mining with any retriever
+
+
+def write_qalog_atomic(examples: Iterable[QAExample], path: str | os.PathLike[str]) -> None:
+    """``write_qalog`` to a temporary file next to ``path``, renamed over it only once complete.
+
+    A failure half-way leaves the previous file as it was (or none), never a partial one.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name keeps the extensions: they choose the format (.jsonl, .csv, .parquet, .gz ...).
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".tmp" + "".join(target.suffixes), dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_qalog(examples, tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_log(qa_log: QALog, format: str, skip_invalid: bool) -> list[QAExample]:
+    if isinstance(qa_log, str | os.PathLike):
+        examples, _summary = load_examples(Path(qa_log), format=format, skip_invalid=skip_invalid)
+        return list(examples)
+    return list(qa_log)
+
+
+def _pending(examples: Sequence[QAExample]) -> list[str]:
+    # Only examples without candidates are mined; a question asked twice is retrieved once.
+    return list(dict.fromkeys(ex.question for ex in examples if not ex.candidates))
+
+
+def _as_candidates(
+    documents: Iterable[Any], top_n: int, to_candidate: Callable[[Any], Candidate] | None
+) -> list[Candidate]:
+    out = []
+    for doc in list(documents or [])[:top_n]:
+        candidate = to_candidate(doc) if to_candidate is not None else doc
+        if isinstance(candidate, str):
+            candidate = Candidate(text=candidate)
+        if not isinstance(candidate, Candidate):
+            raise TypeError(
+                f"the retriever returned {type(candidate).__name__}; pass to_candidate= to turn its "
+                "documents into Candidates"
+            )
+        # What is written must read back the same: metadata JSON cannot hold becomes JSON-safe here.
+        out.append(dataclasses.replace(candidate, metadata=json_safe(dict(candidate.metadata or {}))))
+    return out
+
+
+def _finish(
+    examples: list[QAExample],
+    retrieved: dict[str, list[Candidate]],
+    output: str | os.PathLike[str],
+    top_n: int,
+    gold_from_answer: bool,
+) -> list[QAExample]:
+    if retrieved and not any(retrieved.values()):
+        raise DataError(
+            f"the retriever returned no documents for any of the {len(retrieved)} questions "
+            "(is the document store empty?)",
+            reason="nothing retrieved",
+        )
+    mined = examples
+    if retrieved:
+        mined = mine_candidates(
+            examples, None, lambda q, n: retrieved[q][:n], top_n=top_n, gold_from_answer=gold_from_answer
+        )
+    write_qalog_atomic(mined, output)
+    return list(mined)
+
+
+def _check_mining(top_n: object, max_concurrency: object) -> None:
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+        raise ConfigError(f"top_n must be a positive integer, got {top_n!r}")
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
+        raise ConfigError(f"max_concurrency must be a positive integer or None, got {max_concurrency!r}")
+
+
+def mine_qa_log(
+    qa_log: QALog,
+    retrieve: Callable[[str, int], Iterable[Doc]],
+    output: str | os.PathLike[str],
+    *,
+    top_n: int = 10,
+    to_candidate: Callable[[Doc], Candidate] | None = None,
+    gold_from_answer: bool = False,
+    format: str = "auto",
+    skip_invalid: bool = False,
+    max_concurrency: int | None = None,
+) -> list[QAExample]:
+    """Retrieve ``top_n`` candidates for every question of a QA log without any, and write a QA log.
+
+    ``qa_log``: a file :func:`~gumbel_rag.data.load_examples` reads (``format``, ``skip_invalid`` as
+    there) or a list of examples; rows that already have candidates are kept as they are. ``retrieve(
+    question, top_n)`` returns documents, best first (cut to ``top_n``); ``to_candidate`` turns one into a
+    :class:`Candidate` (text, source id, metadata; ``None``: they already are Candidates or strings).
+    ``max_concurrency`` retrieves that many questions at once in threads (``None``: one at a time).
+    ``gold_from_answer`` marks the candidates that contain an answer as gold, else gold stays unknown.
+    The output (format from its extension) is written atomically, metadata made JSON-safe; it is what
+    ``gumbel-rag train --data`` reads. A retriever that returns nothing for every question is a DataError.
+    Returns the written examples.
+    """
+    _check_mining(top_n, max_concurrency)
+    examples = _load_log(qa_log, format, skip_invalid)
+    questions = _pending(examples)
+
+    def fetch(question: str) -> list[Candidate]:
+        return _as_candidates(retrieve(question, top_n), top_n, to_candidate)
+
+    if max_concurrency is not None and max_concurrency > 1 and len(questions) > 1:
+        with ThreadPoolExecutor(max_concurrency) as pool:
+            results = list(pool.map(fetch, questions))
+    else:
+        results = [fetch(q) for q in questions]
+    return _finish(examples, dict(zip(questions, results, strict=True)), output, top_n, gold_from_answer)
+
+
+async def amine_qa_log(
+    qa_log: QALog,
+    aretrieve: Callable[[str, int], Awaitable[Iterable[Doc]]],
+    output: str | os.PathLike[str],
+    *,
+    top_n: int = 10,
+    to_candidate: Callable[[Doc], Candidate] | None = None,
+    gold_from_answer: bool = False,
+    format: str = "auto",
+    skip_invalid: bool = False,
+    max_concurrency: int | None = 8,
+) -> list[QAExample]:
+    """Async :func:`mine_qa_log`: ``aretrieve`` runs for up to ``max_concurrency`` questions at once
+    (``None``: all at once); reading and writing files run in a worker thread, off the event loop."""
+    _check_mining(top_n, max_concurrency)
+    examples = await asyncio.to_thread(_load_log, qa_log, format, skip_invalid)
+    questions = _pending(examples)
+    limit = asyncio.Semaphore(max_concurrency or max(1, len(questions)))
+
+    async def fetch(question: str) -> list[Candidate]:
+        async with limit:
+            documents = await aretrieve(question, top_n)
+        return _as_candidates(documents, top_n, to_candidate)
+
+    results = await asyncio.gather(*(fetch(q) for q in questions))
+    retrieved = dict(zip(questions, results, strict=True))
+    return await asyncio.to_thread(_finish, examples, retrieved, output, top_n, gold_from_answer)

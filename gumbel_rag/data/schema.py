@@ -93,11 +93,15 @@ class DataError(GumbelRagError, ValueError):
 
 @dataclass
 class LoadSummary:
-    """What a load or filter kept and what it skipped (reason -> count, and each skipped row)."""
+    """What a load or filter kept and what it skipped (reason -> count, and each skipped row).
+
+    ``gold_sources`` counts the labelled rows by where their gold came from (the format's rule).
+    """
 
     loaded: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_rows: list[tuple[str, int, str]] = field(default_factory=list)
+    gold_sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_skipped(self) -> int:
@@ -117,10 +121,13 @@ class LoadSummary:
         """A new summary adding both."""
         counts = Counter(self.skipped)
         counts.update(other.skipped)
+        sources = Counter(self.gold_sources)
+        sources.update(other.gold_sources)
         return LoadSummary(
             loaded=self.loaded + other.loaded,
             skipped=dict(counts),
             skipped_rows=[*self.skipped_rows, *other.skipped_rows],
+            gold_sources=dict(sources),
         )
 
     def __str__(self) -> str:

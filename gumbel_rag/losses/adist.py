@@ -22,6 +22,8 @@ class ADistLoss(TeacherDistillationLoss):
         L = KL( softmax(log g / T') || softmax(w / T) ).
     """
 
+    method = "adist"
+
     def teacher_scores(self, candidate_mask: torch.Tensor, reader_batch: ReaderBatch) -> torch.Tensor:
         """log g_i: the log of the attention mass on document i."""
         return self.reader.document_attention(reader_batch).float().clamp(min=1e-12).log()

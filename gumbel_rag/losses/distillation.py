@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
-from gumbel_rag.losses.base import RerankLoss
-from gumbel_rag.readers.base import Reader, ReaderBatch
+from gumbel_rag.defaults import DEFAULT_TEACHER_TEMPERATURE, DEFAULT_TEMPERATURE
+from gumbel_rag.losses.base import ReaderLoss, check_positive
+
+if TYPE_CHECKING:
+    from gumbel_rag.readers.base import Reader, ReaderBatch
 
 __all__ = [
     "TeacherDistillationLoss",
@@ -23,8 +28,7 @@ def document_log_probs(
     scores: torch.Tensor, candidate_mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """log p_theta(d_i | q) = log_softmax(w / T) over the real candidates; -inf on padding."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_positive("temperature", temperature)
     # A row without candidates would be all -inf, whose log_softmax is NaN in value and in gradient.
     empty = ~candidate_mask.any(dim=-1, keepdim=True)
     logits = (scores.float() / temperature).masked_fill(~candidate_mask & ~empty, NEG_INF)
@@ -70,20 +74,23 @@ def teacher_answer_losses(reader: Reader, batch: ReaderBatch, log_masks: list[to
     return torch.stack(losses, dim=1).float().to(batch.candidate_mask.device)
 
 
-class TeacherDistillationLoss(RerankLoss):
+class TeacherDistillationLoss(ReaderLoss):
     """KL( softmax(g / T') || softmax(w / T) ) from a per-document teacher score g to the reranker.
 
     Subclasses define the teacher (``teacher_scores``: (B, N), higher = more useful, computed without
     grad); PDist, LOOP and ADist differ only there.
     """
 
-    def __init__(self, reader: Reader, temperature: float = 1.0, teacher_temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        temperature: float = DEFAULT_TEMPERATURE,
+        teacher_temperature: float = DEFAULT_TEACHER_TEMPERATURE,
+    ) -> None:
         """Keep the frozen reader (not a submodule), the student temperature T and the teacher's T'."""
-        super().__init__()
-        if teacher_temperature <= 0:
-            raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature}")
-        self.__dict__["reader"] = reader
-        self.temperature, self.teacher_temperature = temperature, teacher_temperature
+        super().__init__(reader)
+        self.temperature = check_positive("temperature", temperature)
+        self.teacher_temperature = check_positive("teacher_temperature", teacher_temperature)
 
     def teacher_scores(self, candidate_mask: torch.Tensor, reader_batch: ReaderBatch) -> torch.Tensor:
         """(B, N) teacher score g of every candidate."""
@@ -93,16 +100,19 @@ class TeacherDistillationLoss(RerankLoss):
         self,
         scores: torch.Tensor,
         candidate_mask: torch.Tensor,
-        reader_batch: ReaderBatch,
+        prepared: ReaderBatch,
         generator: torch.Generator | None = None,
-        gold: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean KL from the teacher distribution to the reranker's distribution over the batch."""
         with torch.no_grad():
-            teacher = self.teacher_scores(candidate_mask, reader_batch).float().to(scores.device)
+            teacher = self.teacher_scores(candidate_mask, prepared).float().to(scores.device)
         student = document_log_probs(scores, candidate_mask, self.temperature)
         return kl_to_teacher(student, teacher / self.teacher_temperature, candidate_mask)
 
-    def extra_repr(self) -> str:
-        """Show the temperatures in ``print(loss)``."""
-        return f"temperature={self.temperature}, teacher_temperature={self.teacher_temperature}"
+    def options(self) -> dict[str, Any]:
+        """The method name and the two temperatures."""
+        return {
+            "method": self.method,
+            "temperature": self.temperature,
+            "teacher_temperature": self.teacher_temperature,
+        }

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
-from gumbel_rag.losses.base import RerankLoss
+from gumbel_rag.defaults import DEFAULT_TEMPERATURE
+from gumbel_rag.losses.base import ReaderLoss, check_positive
 from gumbel_rag.losses.distillation import document_log_probs, single_document_log_masks
-from gumbel_rag.readers.base import Reader, ReaderBatch
+
+if TYPE_CHECKING:
+    from gumbel_rag.readers.base import Reader, ReaderBatch
 
 __all__ = ["EMDRLoss"]
 
 
-class EMDRLoss(RerankLoss):
+class EMDRLoss(ReaderLoss):
     """EMDR2, end-to-end multi-document reader and retriever training (Singh et al., NeurIPS 2021).
 
     arXiv 2106.05346.
@@ -25,24 +30,24 @@ class EMDRLoss(RerankLoss):
     The N single-document answer passes run without grad; the gradient reaches ``w`` through ``p_theta``.
     """
 
-    def __init__(self, reader: Reader, temperature: float = 1.0) -> None:
+    method = "emdr"
+
+    def __init__(self, reader: Reader, temperature: float = DEFAULT_TEMPERATURE) -> None:
         """Keep the frozen reader (not a submodule) and the temperature T of p_theta."""
-        super().__init__()
-        self.__dict__["reader"] = reader
-        self.temperature = temperature
+        super().__init__(reader)
+        self.temperature = check_positive("temperature", temperature)
 
     def forward(
         self,
         scores: torch.Tensor,
         candidate_mask: torch.Tensor,
-        reader_batch: ReaderBatch,
+        prepared: ReaderBatch,
         generator: torch.Generator | None = None,
-        gold: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean over the batch of the marginal answer NLL per token."""
         with torch.no_grad():
             per_doc = [
-                self.reader.answer_token_logprobs(reader_batch, m.to(self.reader.device))
+                self.reader.answer_token_logprobs(prepared, m.to(self.reader.device))
                 for m in single_document_log_masks(candidate_mask)
             ]
         token_logp = torch.stack([lp for lp, _ in per_doc], dim=1).float().to(scores.device)  # (B, N, A)
@@ -55,6 +60,6 @@ class EMDRLoss(RerankLoss):
         per_row = -(joint * weights).sum(-1) / weights.sum(-1).clamp(min=1)
         return per_row.mean()
 
-    def extra_repr(self) -> str:
-        """Show the temperature in ``print(loss)``."""
-        return f"temperature={self.temperature}"
+    def options(self) -> dict[str, Any]:
+        """The method name and the temperature."""
+        return {"method": self.method, "temperature": self.temperature}

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
+from gumbel_rag.data import filter_trainable
+from gumbel_rag.defaults import DEFAULT_K, DEFAULT_KAPPA, DEFAULT_TAU
 from gumbel_rag.gumbel import relaxed_topk_log_mask
-from gumbel_rag.losses.base import RerankLoss
-from gumbel_rag.readers.base import Reader, ReaderBatch
+from gumbel_rag.losses.base import ReaderLoss, check_finite, check_positive
+
+if TYPE_CHECKING:
+    from gumbel_rag.data import QAExample
+    from gumbel_rag.readers.base import Reader, ReaderBatch
 
 __all__ = ["GumbelRerankLoss"]
 
 
-class GumbelRerankLoss(RerankLoss):
+class GumbelRerankLoss(ReaderLoss):
     """End-to-end reranker loss of Gumbel Reranking (Huang et al., ACL 2025, arXiv 2502.11116).
 
     Inputs: reranker scores ``w`` (B, N) with grad, a bool mask (B, N) of real candidates, and a
@@ -26,25 +33,36 @@ class GumbelRerankLoss(RerankLoss):
     ``noise=False`` is the no-Gumbel ablation (deterministic successive relaxation).
     """
 
+    method = "gumbel"
+
     def __init__(
-        self, reader: Reader, k: int = 5, kappa: float = 0.25, tau: float = 1.0, noise: bool = True
+        self,
+        reader: Reader,
+        k: int = DEFAULT_K,
+        kappa: float = DEFAULT_KAPPA,
+        tau: float = DEFAULT_TAU,
+        noise: bool = True,
     ) -> None:
         """Keep the reader (not registered as a submodule: it is frozen and never saved)."""
-        super().__init__()
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if tau <= 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
-        self.__dict__["reader"] = reader
-        self.k, self.kappa, self.tau, self.noise = k, kappa, tau, noise
+        super().__init__(reader)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        self.k, self.noise = k, bool(noise)
+        self.kappa = check_finite("kappa", kappa)
+        self.tau = check_positive("tau", tau)
+
+    @classmethod
+    def row_problem(cls, example: QAExample, k: int = DEFAULT_K, **options: Any) -> str | None:
+        """Rows with no answer or at most k candidates (a top k keeps all of them, whatever the scores)."""
+        kept, summary = filter_trainable([example], k)
+        return None if kept else next(iter(summary.skipped))
 
     def forward(
         self,
         scores: torch.Tensor,
         candidate_mask: torch.Tensor,
-        reader_batch: ReaderBatch,
+        prepared: ReaderBatch,
         generator: torch.Generator | None = None,
-        gold: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean answer NLL per token over the batch (a scalar with grad into ``scores``)."""
         log_mask = relaxed_topk_log_mask(
@@ -56,8 +74,8 @@ class GumbelRerankLoss(RerankLoss):
             noise=self.noise,
             generator=generator,
         )
-        return self.reader.answer_loss(reader_batch, log_mask.to(self.reader.device)).mean()
+        return self.reader.answer_loss(prepared, log_mask.to(self.reader.device)).mean()
 
-    def extra_repr(self) -> str:
-        """Show the hyperparameters in ``print(loss)``."""
-        return f"k={self.k}, kappa={self.kappa}, tau={self.tau}, noise={self.noise}"
+    def options(self) -> dict[str, Any]:
+        """The method name and hyperparameters."""
+        return {"method": self.method, "k": self.k, "kappa": self.kappa, "tau": self.tau, "noise": self.noise}

@@ -26,6 +26,8 @@ class LOOPLoss(TeacherDistillationLoss):
     The N leave-one-out answer passes run without grad over the cached document states.
     """
 
+    method = "loop"
+
     def teacher_scores(self, candidate_mask: torch.Tensor, reader_batch: ReaderBatch) -> torch.Tensor:
         """g_i: the answer NLL with every document but i visible."""
         return teacher_answer_losses(self.reader, reader_batch, leave_one_out_log_masks(candidate_mask))

@@ -26,6 +26,8 @@ class PDistLoss(TeacherDistillationLoss):
     The teacher is computed without grad (N answer passes over the cached document states).
     """
 
+    method = "pdist"
+
     def teacher_scores(self, candidate_mask: torch.Tensor, reader_batch: ReaderBatch) -> torch.Tensor:
         """g_i: the answer log-likelihood with document i alone visible."""
         return -teacher_answer_losses(self.reader, reader_batch, single_document_log_masks(candidate_mask))

@@ -94,8 +94,14 @@ class Reader(ABC):
         import transformers
 
         auto = getattr(transformers, cls.auto_model_class)
+        # The hub options reach the tokenizer too, so that both come from the same revision and cache.
+        hub = {
+            k: model_kwargs[k]
+            for k in ("local_files_only", "revision", "token", "cache_dir")
+            if k in model_kwargs
+        }
         tokenizer = transformers.AutoTokenizer.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code
+            name_or_path, trust_remote_code=trust_remote_code, **hub
         )
         model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **model_kwargs)
         return cls(

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from gumbel_rag.hub import HubOptions, trust_gate
 from gumbel_rag.readers.base import Reader, default_dtype, resolve_device
 from gumbel_rag.readers.bounds import (
     DEFAULT_MAX_ANSWER_TOKENS,
@@ -37,6 +38,10 @@ def load_reader(
     state_cache: DocumentStateCache | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    local_files_only: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_folder: str | None = None,
 ) -> Reader:
     """Load a frozen reader: None gives the offline SmolLM2-135M-Instruct default, else AutoConfig decides.
 
@@ -46,8 +51,12 @@ def load_reader(
     it (the reader is frozen, so half the memory costs no accuracy in the gradient that matters) and the
     checkpoint's dtype elsewhere. ``max_question_tokens`` cuts longer questions, ``max_answer_tokens``
     marks longer answers as not trainable (``reader.skip_reason``), and ``state_cache`` (a
-    :class:`~gumbel_rag.readers.DocumentStateCache`) reuses document states across calls.
+    :class:`~gumbel_rag.readers.DocumentStateCache`) reuses document states across calls. A hub name is
+    downloaded on first use unless ``local_files_only`` / ``HF_HUB_OFFLINE=1``; ``revision``, ``token``
+    and ``cache_folder`` pass through (:class:`gumbel_rag.hub.HubOptions`).
     """
+    trust_remote_code, _ = trust_gate(trust_remote_code)
+    hub = HubOptions(local_files_only, revision, token, cache_folder).transformers_kwargs()
     options: dict[str, Any] = {
         "max_document_tokens": max_document_tokens,
         "max_question_tokens": max_question_tokens,
@@ -71,8 +80,8 @@ def load_reader(
 
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **hub}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation is not None:

@@ -81,12 +81,12 @@ def test_mine_with_bm25_retriever_end_to_end(
             doc = by_id[c.id]
             assert c.text == doc.content and c.title is None
             assert c.metadata == {
-                k: (str(v) if isinstance(v, dt.datetime) else v) for k, v in doc.meta.items()
+                k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in doc.meta.items()
             }
     q1, q2, q3, q4 = examples
     assert q1.candidates[0].id == "berlin" and q1.gold == [0]
     assert q2.candidates[0].id == "nile" and q2.gold == [0]
-    assert q3.candidates[0].metadata == {"added": str(WHEN)}
+    assert q3.candidates[0].metadata == {"added": WHEN.isoformat()}  # gumbel_rag.data.files.json_safe
     assert [c.text for c in q4.candidates] == ["Leonardo painted it."] and q4.gold is None
     # What `gumbel-rag train --k 1` would train on: the rows with more than one candidate.
     trainable, skipped = filter_trainable(examples, k=1)

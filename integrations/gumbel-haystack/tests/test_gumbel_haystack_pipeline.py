@@ -123,3 +123,36 @@ def test_default_model_ranks_relevant_passage_first_and_survives_yaml() -> None:
     # Reranking beats plain BM25 ordering here: BM25 favours the many "tower"/"iron" term matches.
     ranked = ranker.run(query="What is the capital of Germany?", documents=CORPUS)["documents"]
     assert ranked[0].id == "berlin"
+
+
+def test_stock_ranker_yaml_loads_with_only_the_type_changed(tiny_cross_encoder_dir: Path) -> None:
+    # The drop-in claim, for a saved pipeline: Haystack's own ranker, dumped, with `type:` swapped.
+    stock_module = pytest.importorskip("haystack_integrations.components.rankers.sentence_transformers")
+    from gumbel_rag.errors import ModelLoadError
+
+    stock = stock_module.SentenceTransformersSimilarityRanker(
+        device=ComponentDevice.from_str("cpu"), top_k=3, tokenizer_kwargs={"model_max_length": 64}
+    )
+    pipe = Pipeline()
+    pipe.add_component("ranker", stock)
+    yaml_text = pipe.dumps()
+    stock_type = "sentence_transformers.sentence_transformers_similarity.SentenceTransformersSimilarityRanker"
+    assert stock_type in yaml_text and "token:" in yaml_text and "config_kwargs: null" in yaml_text
+    ours = yaml_text.replace(stock_type, "gumbel.ranker.GumbelRanker")
+    loaded = Pipeline.loads(ours).get_component("ranker")
+    assert isinstance(loaded, GumbelRanker)
+    stock_params = stock.to_dict()["init_parameters"]
+    for name, value in stock_params.items():
+        assert loaded.to_dict()["init_parameters"][name] == value, name
+    # The stock default is a hub model: offline, loading it says so in one line.
+    with pytest.raises(ModelLoadError, match=r"'cross-encoder/ms-marco-MiniLM-L-6-v2'.*HF_HUB_OFFLINE"):
+        loaded.warm_up()
+    # Pointed at a local cross-encoder, the same saved settings rank.
+    local = Pipeline.loads(ours.replace("cross-encoder/ms-marco-MiniLM-L-6-v2", str(tiny_cross_encoder_dir)))
+    out = local.run({"ranker": {"query": "tower", "documents": CORPUS}})["ranker"]["documents"]
+    assert len(out) == 3 and all(0.0 <= d.score <= 1.0 for d in out)  # scale_score=True: sigmoid(logit)
+
+
+def test_stock_onnx_backend_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="backend='onnx' is not supported: gumbel-rag runs 'torch'"):
+        GumbelRanker(backend="onnx")  # type: ignore[arg-type]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,7 @@ def test_documents_out_are_documents_in_ranked(
 
     assert ranker.reranker is not None
     raw = ranker.reranker.score(query, [d.content or "" for d in docs]) if docs else []
-    scaled = [1 / (1 + math.exp(-s)) for s in raw]
+    scaled = [ranker.reranker.unit_score(s) for s in raw]  # bi-encoder: (cosine + 1) / 2
     # Expected: stable sort by raw score (ties keep input order), then threshold, then top_k.
     order = sorted(range(len(docs)), key=lambda i: -raw[i])
     expected = [i for i in order if threshold is None or scaled[i] >= threshold][: top_k or ranker.top_k]

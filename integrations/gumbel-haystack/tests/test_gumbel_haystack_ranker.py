@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from haystack.utils import ComponentDevice, Device, DeviceMap
 from haystack_integrations.components.rankers.gumbel import GumbelRanker, document_text
 
 from gumbel_rag import GumbelReranker
+from gumbel_rag.errors import ModelLoadError
 
 DOCS = [
     Document(id="a", content="Berlin is the capital of Germany.", meta={"title": "Berlin", "n": 1}),
@@ -42,13 +42,13 @@ def raw_scores(ranker: GumbelRanker, query: str, texts: list[str]) -> list[float
 
 @pytest.mark.parametrize("top_k", [0, -1, -10])
 def test_non_positive_top_k_rejected_at_construction(top_k: int) -> None:
-    with pytest.raises(ValueError, match="top_k must be > 0"):
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
         GumbelRanker(top_k=top_k)
 
 
 @pytest.mark.parametrize("top_k", ["3", 2.5, True])
 def test_non_integer_top_k_rejected(top_k: object) -> None:
-    with pytest.raises(TypeError, match="top_k must be a positive integer"):
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
         GumbelRanker(top_k=top_k)  # type: ignore[arg-type]
 
 
@@ -68,15 +68,15 @@ def test_construction_does_not_load_the_model() -> None:
     # A missing directory only fails when the model is loaded, as with Haystack's own rankers.
     r = GumbelRanker(model="/nonexistent/model/dir")
     assert r.reranker is None
-    with pytest.raises(FileNotFoundError, match="nonexistent"):
+    with pytest.raises(ModelLoadError, match="nonexistent"):
         r.warm_up()
 
 
 @pytest.mark.parametrize("top_k", [0, -3])
 def test_non_positive_top_k_rejected_in_run(ranker: GumbelRanker, top_k: int) -> None:
-    with pytest.raises(ValueError, match="top_k must be > 0"):
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
         ranker.run(query="q", documents=DOCS, top_k=top_k)
-    with pytest.raises(ValueError, match="top_k must be > 0"):
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
         ranker.run(query="q", documents=[], top_k=top_k)
 
 
@@ -117,7 +117,8 @@ def test_fine_tuned_directory_is_accepted(tiny_bi_encoder_dir: Path) -> None:
     expected = core.score("capital of Germany", [d.content for d in DOCS])
     by_id = {d.id: d.score for d in out}
     for doc, raw in zip(DOCS, expected, strict=True):
-        assert by_id[doc.id] == pytest.approx(1 / (1 + math.exp(-raw)), rel=1e-5, abs=1e-6)
+        # scale_score=True: a bi-encoder's cosine mapped to [0, 1] (raw = cosine / temperature).
+        assert by_id[doc.id] == pytest.approx((raw * core.temperature + 1) / 2, rel=1e-5)
 
 
 def test_cross_encoder_directory_is_accepted(tiny_two_logit_cross_encoder_dir: Path) -> None:
@@ -133,14 +134,14 @@ def test_cross_encoder_directory_is_accepted(tiny_two_logit_cross_encoder_dir: P
 # ----------------------------------------------------------------------------- ranking contract
 
 
-def test_scores_sorted_and_scaled_with_sigmoid(ranker: GumbelRanker) -> None:
+def test_scores_sorted_and_scaled_to_the_unit_interval(ranker: GumbelRanker) -> None:
     raw = ranker.run(query="capital of Germany", documents=DOCS, scale_score=False)["documents"]
     scaled = ranker.run(query="capital of Germany", documents=DOCS, scale_score=True)["documents"]
     assert [d.id for d in raw] == [d.id for d in scaled]
     assert [d.score for d in raw] == sorted((d.score for d in raw), reverse=True)
     for r, s in zip(raw, scaled, strict=True):
-        assert s.score == pytest.approx(1 / (1 + math.exp(-r.score)))
-        assert 0.0 < s.score < 1.0
+        assert s.score == pytest.approx((r.score * ranker.reranker.temperature + 1) / 2, rel=1e-6)
+        assert 0.0 <= s.score <= 1.0
     expected = raw_scores(ranker, "capital of Germany", [d.content for d in DOCS])
     assert sorted(expected, reverse=True) == pytest.approx([d.score for d in raw])
 
@@ -157,7 +158,7 @@ def test_top_k_and_threshold(ranker: GumbelRanker) -> None:
     assert [d.id for d in kept["documents"]] == [d.id for d in full[:3]]
     # The init value applies when run() does not override it.
     r = GumbelRanker(model=ranker.model, top_k=1, scale_score=False, device=ComponentDevice.from_str("cpu"))
-    r._reranker = ranker.reranker  # share the loaded model; only the settings differ
+    r._lazy = ranker._lazy  # share the loaded model; only the settings differ
     assert [d.id for d in r.run(query="river", documents=DOCS)["documents"]] == [full[0].id]
 
 
@@ -220,7 +221,7 @@ def test_prefixes_suffixes_and_meta_fields_change_the_scored_text(ranker: Gumbel
         scale_score=False,
         device=ComponentDevice.from_str("cpu"),
     )
-    r._reranker = ranker.reranker
+    r._lazy = ranker._lazy
     assert r._prepare_text(DOCS[0]) == "passage: Berlin | 1 | Berlin is the capital of Germany. ."
     assert document_text(Document(content=None, meta={"title": None})) == ""
     out = {d.id: d.score for d in r.run(query="capital", documents=DOCS)["documents"]}
@@ -285,7 +286,7 @@ def test_run_async_matches_run(ranker: GumbelRanker) -> None:
     result = asyncio.run(ranker.run_async(query="capital of France", documents=DOCS, top_k=3))
     assert [(d.id, d.score) for d in result["documents"]] == [(d.id, d.score) for d in sync["documents"]]
     assert asyncio.run(ranker.run_async(query="q", documents=[])) == {"documents": []}
-    with pytest.raises(ValueError, match="top_k must be > 0"):
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
         asyncio.run(ranker.run_async(query="q", documents=DOCS, top_k=0))
 
 

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import copy
-import json
-import math
-import os
-import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Self
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables import run_in_executor
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from typing_extensions import override
 
 from gumbel_rag import GumbelReranker
-from gumbel_rag.embedding_cache import check_cache_bound
+from gumbel_rag.modelfiles import KindOption
+from gumbel_rag.serving import LazyReranker, rank_texts
+from gumbel_rag.serving_options import OPTION_NAMES, TRUNCATED_KEY, Backend, ServingOptions, check_option
 
 __all__ = ["GumbelRerank"]
 
-# One lock for every instance: loading is rare, and a module-level lock keeps instances deep-copyable.
-_LOAD_LOCK = threading.Lock()
+# Options checked by the core's rule for each (the token is a SecretStr, which pydantic checks).
+_CHECKED = tuple(name for name in OPTION_NAMES if name != "token")
 
 
 class GumbelRerank(BaseDocumentCompressor):
@@ -50,127 +56,84 @@ class GumbelRerank(BaseDocumentCompressor):
 
     model: str | None = None
     """Model name or path: a gumbel-rag fine-tuned directory, a sentence-transformers bi-encoder or a
-    Hugging Face sequence-classification cross-encoder. ``None`` uses the offline default
-    (all-MiniLM-L6-v2). Names must already be in the local Hugging Face cache; nothing is downloaded."""
+    Hugging Face sequence-classification cross-encoder, local or on the Hugging Face Hub (downloaded into
+    the Hugging Face cache on first use). ``None`` uses the packaged default (all-MiniLM-L6-v2)."""
     top_n: int | None = 3
     """Number of documents to return; ``None`` returns every document (after ``score_threshold``)."""
     score_threshold: float | None = None
-    """Keep only documents whose score is >= this value. Scores are the model's raw units (bi-encoder:
-    cosine / temperature, about -20..20 with the default; cross-encoder: the relevance logit)."""
+    """Keep only documents whose returned score is >= this value (raw units unless ``scale_score``)."""
+    scale_score: bool = False
+    """Return scores in [0, 1]: (cosine + 1) / 2 for a bi-encoder, sigmoid(logit) for a cross-encoder."""
     batch_size: int = 32
     """Pairs scored per forward pass."""
     device: str | None = None
     """Torch device such as ``"cpu"`` or ``"cuda"``; ``None`` picks one automatically."""
-    kind: Literal["auto", "bi-encoder", "cross-encoder"] = "auto"
+    kind: KindOption = "auto"
     """Model kind; ``"auto"`` detects it from the model files."""
     max_length: int | None = None
-    """Token limit per input (longer inputs are truncated with a warning); ``None`` keeps the model's."""
+    """Token limit per input (longer inputs are truncated and marked); ``None`` keeps the model's."""
     trust_remote_code: bool = False
-    """Allow custom model code shipped with the model directory."""
+    """Allow custom model code shipped with the model (only for models you trust)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for the underlying transformers model (e.g. ``{"torch_dtype": "auto"}``)."""
-    backend: Literal["torch", "openvino"] = "torch"
+    tokenizer_kwargs: dict[str, Any] | None = None
+    """Extra keyword arguments for the tokenizer."""
+    config_kwargs: dict[str, Any] | None = None
+    """Extra keyword arguments for the model configuration."""
+    backend: Backend = "torch"
     """Inference backend: ``"torch"`` (exact) or ``"openvino"`` (opt-in, CPU only, needs ``openvino``)."""
     cache_max_entries: int | None = None
     """Bi-encoders only: cache document embeddings (LRU by text), at most this many; ``None``: no cap."""
     cache_max_bytes: int | None = None
     """Bi-encoders only: cache document embeddings, at most this many bytes; ``None``: no cap. Either bound on
     its own turns the cache on; with both ``None`` there is no cache."""
+    local_files_only: bool = False
+    """Never download: use local directories and the Hugging Face cache only (like ``HF_HUB_OFFLINE=1``)."""
+    revision: str | None = None
+    """Hub models: the branch, tag or commit to load."""
+    token: SecretStr | None = None
+    """Hub models: an access token for private or gated models (``None``: ``HF_TOKEN`` or the login)."""
+    cache_folder: str | None = None
+    """The Hugging Face cache directory; ``None`` is the standard one."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
-    # The loaded model and the settings it was loaded with, so changed settings trigger a reload.
-    _reranker: GumbelReranker | None = PrivateAttr(default=None)
-    _loaded_key: str | None = PrivateAttr(default=None)
+    _lazy: LazyReranker = PrivateAttr(default_factory=LazyReranker)
 
-    @field_validator("model", mode="before")
+    @field_validator(*_CHECKED, mode="before")
     @classmethod
-    def _path_to_str(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
+    def _check(cls, value: Any, info: ValidationInfo) -> Any:
+        # The core's rule, before pydantic's lax coercion (which would take top_n=True as 1).
+        return check_option(info.field_name, value)
 
-    @field_validator("top_n", mode="before")
-    @classmethod
-    def _check_top_n(cls, value: Any) -> Any:
-        # bool is an int to Python, but top_n=True is a mistake, not "keep one".
-        bad = isinstance(value, bool) or (isinstance(value, int | float) and value <= 0)
-        if bad:
-            raise ValueError(f"top_n must be a positive integer or None (keep all documents), got {value!r}")
-        return value
+    @model_validator(mode="after")
+    def _check_together(self) -> Self:
+        self._options()  # combinations: remote code in model_kwargs, a cache on a cross-encoder, ...
+        return self
 
-    @field_validator("cache_max_entries", "cache_max_bytes", mode="before")
-    @classmethod
-    def _check_cache_bound(cls, value: Any, info: ValidationInfo) -> Any:
-        return check_cache_bound(value, info.field_name)
-
-    @field_validator("score_threshold")
-    @classmethod
-    def _check_threshold(cls, value: float | None) -> float | None:
-        if value is not None and math.isnan(value):
-            raise ValueError("score_threshold must be a number or None, got NaN")
-        return value
-
-    @field_validator("batch_size")
-    @classmethod
-    def _check_batch_size(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"batch_size must be >= 1, got {value}")
-        return value
-
-    def _load_key(self) -> str:
-        settings = [self.model, self.device, self.kind, self.max_length, self.trust_remote_code, self.backend]
-        settings += [self.cache_max_entries, self.cache_max_bytes]
-        return json.dumps([*settings, self.model_kwargs], sort_keys=True, default=repr)
+    def _options(self) -> ServingOptions:
+        values = {name: getattr(self, name) for name in _CHECKED}
+        token = None if self.token is None else self.token.get_secret_value()
+        return ServingOptions(**values, token=token)
 
     @property
     def reranker(self) -> GumbelReranker:
-        """The underlying ``GumbelReranker``, loaded on first use and reused afterwards."""
-        key = self._load_key()
-        reranker = self._reranker
-        if reranker is not None and self._loaded_key == key:
-            # Loaded already: no lock, so one instance loading a model never stalls the others.
-            reranker.batch_size = self.batch_size
-            return reranker
-        with _LOAD_LOCK:
-            if self._reranker is None or self._loaded_key != key:
-                self._reranker = GumbelReranker.from_pretrained(
-                    self.model,
-                    kind=self.kind,
-                    device=self.device,
-                    max_length=self.max_length,
-                    batch_size=self.batch_size,
-                    trust_remote_code=self.trust_remote_code,
-                    model_kwargs=self.model_kwargs or None,
-                    backend=self.backend,
-                    cache_max_entries=self.cache_max_entries,
-                    cache_max_bytes=self.cache_max_bytes,
-                )
-                self._loaded_key = key
-            # batch_size only shapes batching, so it is applied without a reload.
-            self._reranker.batch_size = self.batch_size
-            return self._reranker
+        """The underlying ``GumbelReranker``: loaded on first use, reloaded when a load option changes."""
+        return self._lazy.get(self._options())
 
-    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> GumbelRerank:
-        """An independent copy; a loaded model that cannot be deep-copied is loaded again by the copy."""
-        clone = self.model_copy()
-        object.__setattr__(clone, "__dict__", copy.deepcopy(self.__dict__, memo))
-        reranker, key = self._reranker, self._loaded_key
-        try:
-            clone._reranker, clone._loaded_key = copy.deepcopy(reranker, memo), key
-        except TypeError:
-            # An OpenVINO compiled model or an embedding cache (it holds a lock) cannot be copied: the
-            # copy loads its own model, with its own empty cache, on first use.
-            clone._reranker, clone._loaded_key = None, None
+    def __copy__(self) -> GumbelRerank:
+        """A copy (``model_copy``) that starts with the loaded model and reloads on its own afterwards."""
+        clone = super().__copy__()
+        clone._lazy = copy.copy(self._lazy)
         return clone
 
     def _rerank(self, documents: Sequence[Document], query: str) -> list[Document]:
         docs = list(documents)
         if not docs:
             return []
-        if not isinstance(query, str):
-            raise TypeError(f"query is {type(query).__name__}, expected str")
         texts = [_text_of(doc, i) for i, doc in enumerate(docs)]
-        ranked = self.reranker.rerank(query, texts, top_k=self.top_n, score_threshold=self.score_threshold)
-        return [_with_score(docs[r.index], r.score) for r in ranked]
+        ranking = rank_texts(self._lazy, self._options(), query, texts)
+        return [_with_score(docs[r.index], r.score, r.truncated) for r in ranking]
 
     @override
     def compress_documents(
@@ -205,7 +168,7 @@ def _text_of(doc: Document, index: int) -> str:
     return content
 
 
-def _with_score(doc: Document, score: float) -> Document:
+def _with_score(doc: Document, score: float, truncated: bool) -> Document:
     """A copy of ``doc`` (same class, id and metadata) with the score added; the input is untouched."""
     try:
         metadata = copy.deepcopy(doc.metadata or {})
@@ -213,4 +176,6 @@ def _with_score(doc: Document, score: float) -> Document:
         # Uncopyable values (locks, clients) are shared; the dict itself is still a new one.
         metadata = dict(doc.metadata or {})
     metadata["relevance_score"] = float(score)
+    if truncated:
+        metadata[TRUNCATED_KEY] = True
     return doc.model_copy(update={"metadata": metadata})

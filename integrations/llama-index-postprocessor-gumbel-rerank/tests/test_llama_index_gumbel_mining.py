@@ -54,9 +54,11 @@ def test_mine_qa_log_end_to_end(tmp_path: Path, documents: list[Document], encod
     for example, answer_doc in ((q1, "paris"), (q2, "python")):
         top = example.candidates[0]
         node = nodes[answer_doc]
-        assert top.id == node.node_id
+        # The id traces back to the user's document (not the random node UUID, which is kept as node_id).
+        assert top.id == answer_doc == node.ref_doc_id and top.metadata["node_id"] == node.node_id
         assert top.text == node_text(node) == node.get_content(MetadataMode.EMBED)  # what GumbelRerank scores
-        assert {k: v for k, v in top.metadata.items() if k != "retrieval_score"} == node.metadata
+        kept = {k: v for k, v in top.metadata.items() if k not in ("retrieval_score", "node_id")}
+        assert kept == node.metadata
         assert 0 < top.metadata["retrieval_score"] <= 1
         assert example.gold == [0]  # the answer string occurs only in the right passage
     assert q3.candidates[0].id == "keep-me" and len(q3.candidates) == 1  # rows with candidates untouched

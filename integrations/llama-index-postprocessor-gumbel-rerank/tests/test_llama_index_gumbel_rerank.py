@@ -80,7 +80,7 @@ def test_non_positive_top_n_is_rejected_at_construction(top_n: int) -> None:
 
 
 def test_bad_batch_size_is_rejected_at_construction() -> None:
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         GumbelRerank(batch_size=0)
 
 
@@ -121,7 +121,7 @@ def test_missing_query_is_an_error(tiny_rerank: GumbelRerank) -> None:
 
 def test_fine_tuned_model_directory_is_accepted(tiny_bi_encoder_dir: Path) -> None:
     rerank = GumbelRerank(model=tiny_bi_encoder_dir, top_n=2, device="cpu")
-    assert rerank._reranker is None  # lazy: nothing loaded at construction
+    assert rerank._lazy.loaded is None  # lazy: nothing loaded at construction
     nodes = make_nodes(["alpha beta", "gamma", "delta epsilon zeta"])
     out = rerank.postprocess_nodes(nodes, query_str="alpha")
     loaded = rerank.reranker
@@ -159,7 +159,7 @@ def test_empty_input_returns_empty_and_still_emits_events(recorder: RerankRecord
     debug = LlamaDebugHandler()
     rerank = GumbelRerank(model="/nonexistent/never-loaded", callback_manager=CallbackManager([debug]))
     assert rerank.postprocess_nodes([], query_str="anything") == []
-    assert rerank._reranker is None  # empty input never loads the model
+    assert rerank._lazy.loaded is None  # empty input never loads the model
     kinds = [type(e) for e in recorder.events]
     assert kinds == [ReRankStartEvent, ReRankEndEvent]
     assert recorder.events[0].nodes == [] and recorder.events[1].nodes == []

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
-from typing import Any, Literal
+import copy
+from typing import Any
 
 from llama_index.core.bridge.pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -21,7 +22,9 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from gumbel_rag import GumbelReranker
-from gumbel_rag.embedding_cache import check_cache_bound
+from gumbel_rag.modelfiles import KindOption
+from gumbel_rag.serving import LazyReranker, rank_texts
+from gumbel_rag.serving_options import OPTION_NAMES, TRUNCATED_KEY, Backend, ServingOptions, check_option
 
 __all__ = ["DEFAULT_MODEL_NAME", "GumbelRerank", "node_text"]
 
@@ -29,10 +32,8 @@ dispatcher = get_dispatcher(__name__)
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 RETRIEVAL_SCORE_KEY = "retrieval_score"
-
-# Loading is rare and may race when several async queries hit a fresh instance from worker threads;
-# one module-level lock keeps instances picklable (BaseComponent drops unpicklable private attrs).
-_LOAD_LOCK = threading.Lock()
+# Options checked by the core's rule for each (the token is a SecretStr, which pydantic checks).
+_CHECKED = tuple(name for name in OPTION_NAMES if name != "token")
 
 
 def node_text(node: BaseNode, metadata_mode: MetadataMode = MetadataMode.EMBED) -> str:
@@ -47,16 +48,23 @@ def node_text(node: BaseNode, metadata_mode: MetadataMode = MetadataMode.EMBED) 
 class GumbelRerank(BaseNodePostprocessor):
     """Rerank retrieved nodes with a gumbel-rag reranker (the offline default or your fine-tuned model)."""
 
-    # A misspelt option (topn=5) must fail loudly rather than silently keep the default.
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    # A misspelt option (topn=5) must fail loudly rather than silently keep the default; an assignment
+    # (rerank.top_n = 0) is checked like a constructor argument.
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True)
 
     model: str | None = Field(
         default=None,
-        description="Model directory or name; None uses gumbel-rag's offline default (all-MiniLM-L6-v2).",
+        description="Model directory or Hugging Face Hub name (downloaded on first use); None uses the "
+        "packaged default (all-MiniLM-L6-v2).",
     )
     top_n: int | None = Field(default=3, description="Number of nodes to return; None returns all.")
     score_threshold: float | None = Field(
-        default=None, description="Drop nodes whose reranker score is below this value."
+        default=None, description="Drop nodes whose returned score is below this value."
+    )
+    scale_score: bool = Field(
+        default=False,
+        description="Return scores in [0, 1]: (cosine + 1) / 2 for a bi-encoder, sigmoid(logit) for a "
+        "cross-encoder.",
     )
     keep_retrieval_score: bool = Field(
         default=False,
@@ -68,11 +76,21 @@ class GumbelRerank(BaseNodePostprocessor):
     )
     device: str | None = Field(default=None, description="Torch device; None picks one automatically.")
     batch_size: int = Field(default=32, description="Pairs scored per forward pass.")
+    kind: KindOption = Field(
+        default="auto", description="Model kind; 'auto' detects it from the model files."
+    )
     max_length: int | None = Field(
         default=None, description="Token limit per input; None keeps the model's own limit."
     )
-    trust_remote_code: bool = Field(default=False, description="Allow custom model code from the directory.")
-    backend: Literal["torch", "openvino"] = Field(
+    trust_remote_code: bool = Field(
+        default=False, description="Allow custom model code (trusted models only)."
+    )
+    model_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Extra transformers model arguments."
+    )
+    tokenizer_kwargs: dict[str, Any] | None = Field(default=None, description="Extra tokenizer arguments.")
+    config_kwargs: dict[str, Any] | None = Field(default=None, description="Extra model config arguments.")
+    backend: Backend = Field(
         default="torch",
         description="Inference backend: 'torch' (exact) or 'openvino' (opt-in, CPU only, needs the openvino "
         "package; scores equal the exact path within ~1e-5).",
@@ -87,91 +105,70 @@ class GumbelRerank(BaseNodePostprocessor):
         description="Bi-encoders only: cap the document-embedding cache at this many bytes; "
         "None sets no byte bound.",
     )
+    local_files_only: bool = Field(
+        default=False, description="Never download; use local directories and the Hugging Face cache only."
+    )
+    revision: str | None = Field(default=None, description="Hub models: branch, tag or commit to load.")
+    # Excluded from to_dict/to_json: a secret is not written into a saved configuration.
+    token: SecretStr | None = Field(
+        default=None, exclude=True, description="Hub models: access token for private or gated models."
+    )
+    cache_folder: str | None = Field(default=None, description="Hugging Face cache directory.")
 
-    _reranker: GumbelReranker | None = PrivateAttr(default=None)
-    _loaded_with: tuple[Any, ...] | None = PrivateAttr(default=None)
+    _lazy: LazyReranker = PrivateAttr(default_factory=LazyReranker)
 
-    @field_validator("model", mode="before")
+    @field_validator(*_CHECKED, mode="before")
     @classmethod
-    def _model_path_to_str(cls, value: Any) -> Any:
-        # A pathlib.Path from a training run is the common case; store it as text so to_dict() works.
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
+    def _check(cls, value: Any, info: ValidationInfo) -> Any:
+        # The core's rule, before pydantic's lax coercion (which would take top_n=True as 1).
+        return check_option(info.field_name, value)
 
-    @field_validator("top_n")
-    @classmethod
-    def _check_top_n(cls, value: int | None) -> int | None:
-        if value is not None and value <= 0:
-            raise ValueError(f"top_n must be a positive integer or None, got {value}")
-        return value
-
-    @field_validator("batch_size")
-    @classmethod
-    def _check_batch_size(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"batch_size must be >= 1, got {value}")
-        return value
-
-    @field_validator("cache_max_entries", "cache_max_bytes", mode="before")
-    @classmethod
-    def _check_cache_bound(cls, value: Any, info: ValidationInfo) -> Any:
-        # Before pydantic's lax coercion, which would turn True into a cache of one entry.
-        return check_cache_bound(value, info.field_name)
+    @model_validator(mode="after")
+    def _check_together(self) -> GumbelRerank:
+        self._options()  # combinations: remote code in model_kwargs, a cache on a cross-encoder, ...
+        return self
 
     @classmethod
     def class_name(cls) -> str:
         """Registry name used by LlamaIndex serialization."""
         return "GumbelRerank"
 
-    def _load_key(self) -> tuple[Any, ...]:
-        return (
-            self.model,
-            self.device,
-            self.max_length,
-            self.trust_remote_code,
-            self.backend,
-            self.cache_max_entries,
-            self.cache_max_bytes,
-        )
+    def _options(self) -> ServingOptions:
+        values = {name: getattr(self, name) for name in _CHECKED}
+        token = None if self.token is None else self.token.get_secret_value()
+        return ServingOptions(**values, token=token)
 
     @property
     def reranker(self) -> GumbelReranker:
         """The underlying gumbel-rag reranker: loaded on first use, reused, reloaded if its options change."""
-        key = self._load_key()
-        if self._reranker is None or self._loaded_with != key:
-            with _LOAD_LOCK:
-                if self._reranker is None or self._loaded_with != key:
-                    self._reranker = GumbelReranker.from_pretrained(
-                        self.model,
-                        device=self.device,
-                        max_length=self.max_length,
-                        batch_size=self.batch_size,
-                        trust_remote_code=self.trust_remote_code,
-                        backend=self.backend,
-                        cache_max_entries=self.cache_max_entries,
-                        cache_max_bytes=self.cache_max_bytes,
-                    )
-                    self._loaded_with = key
-        # Batch size is a plain attribute of the loaded model: no reload needed to change it.
-        self._reranker.batch_size = self.batch_size
-        return self._reranker
+        return self._lazy.get(self._options())
+
+    def __copy__(self) -> GumbelRerank:
+        """A copy (``model_copy``) that starts with the loaded model and reloads on its own afterwards."""
+        clone = super().__copy__()
+        clone._lazy = copy.copy(self._lazy)
+        return clone
 
     def _model_label(self) -> str:
         return self.model or DEFAULT_MODEL_NAME
 
-    def _output_node(self, original: NodeWithScore, score: float) -> NodeWithScore:
+    def _output_node(self, original: NodeWithScore, score: float, truncated: bool) -> NodeWithScore:
         # Fresh NodeWithScore objects so the caller's list keeps its retrieval scores.
-        if not self.keep_retrieval_score:
+        extra: dict[str, Any] = {}
+        if self.keep_retrieval_score:
+            extra[RETRIEVAL_SCORE_KEY] = original.score
+        if truncated:
+            extra[TRUNCATED_KEY] = True
+        if not extra:
             return NodeWithScore(node=original.node, score=score)
         src = original.node
         # A shallow copy with its own metadata dict and exclusion lists: the caller's node stays as is,
-        # and the bookkeeping score does not leak into LLM prompts or embeddings.
+        # and the bookkeeping keys do not leak into LLM prompts or embeddings.
         node = src.model_copy(
             update={
-                "metadata": {**src.metadata, RETRIEVAL_SCORE_KEY: original.score},
-                "excluded_llm_metadata_keys": _with_key(src.excluded_llm_metadata_keys, RETRIEVAL_SCORE_KEY),
-                "excluded_embed_metadata_keys": _with_key(
-                    src.excluded_embed_metadata_keys, RETRIEVAL_SCORE_KEY
-                ),
+                "metadata": {**src.metadata, **extra},
+                "excluded_llm_metadata_keys": _with_keys(src.excluded_llm_metadata_keys, extra),
+                "excluded_embed_metadata_keys": _with_keys(src.excluded_embed_metadata_keys, extra),
             }
         )
         return NodeWithScore(node=node, score=score)
@@ -201,15 +198,10 @@ class GumbelRerank(BaseNodePostprocessor):
                 EventPayload.TOP_K: self.top_n,
             },
         ) as event:
-            new_nodes: list[NodeWithScore] = []
-            if nodes:  # empty input: no model load, but the events above and below still fire
-                ranked = self.reranker.rerank(
-                    query_bundle.query_str,
-                    [node_text(n.node, self.metadata_mode) for n in nodes],
-                    top_k=self.top_n,
-                    score_threshold=self.score_threshold,
-                )
-                new_nodes = [self._output_node(nodes[r.index], r.score) for r in ranked]
+            # Empty input loads no model, but the events above and below still fire.
+            texts = [node_text(n.node, self.metadata_mode) for n in nodes]
+            ranking = rank_texts(self._lazy, self._options(), query_bundle.query_str, texts)
+            new_nodes = [self._output_node(nodes[r.index], r.score, r.truncated) for r in ranking]
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
@@ -224,5 +216,5 @@ class GumbelRerank(BaseNodePostprocessor):
         return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
 
 
-def _with_key(keys: list[str], key: str) -> list[str]:
-    return list(keys) if key in keys else [*keys, key]
+def _with_keys(keys: list[str], extra: dict[str, Any]) -> list[str]:
+    return [*keys, *(key for key in extra if key not in keys)]

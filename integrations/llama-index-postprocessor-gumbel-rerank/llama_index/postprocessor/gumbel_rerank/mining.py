@@ -2,45 +2,46 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
 from llama_index.postprocessor.gumbel_rerank.base import RETRIEVAL_SCORE_KEY, node_text
 
-from gumbel_rag.data import Candidate, QAExample, load_examples, mine_candidates, write_qalog
+from gumbel_rag.data import Candidate, QAExample
+from gumbel_rag.data import amine_qa_log as core_amine_qa_log
+from gumbel_rag.data import mine_qa_log as core_mine_qa_log
+from gumbel_rag.data.files import json_safe
 
 __all__ = ["amine_qa_log", "candidate_retriever", "mine_qa_log", "node_to_candidate"]
 
 PathLike = str | os.PathLike[str]
-
-
-def _json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
-    # A QA log is JSON: values it cannot hold (dates, paths, ...) are written as their str().
-    return json.loads(json.dumps(metadata, default=str))
+NODE_ID_KEY = "node_id"
 
 
 def node_to_candidate(
     node: BaseNode | NodeWithScore, metadata_mode: MetadataMode = MetadataMode.EMBED
 ) -> Candidate:
-    """A gumbel-rag Candidate holding exactly the text GumbelRerank scores, the node id and its metadata.
+    """A gumbel-rag Candidate holding exactly the text GumbelRerank scores, its source id and metadata.
 
-    A NodeWithScore's retrieval score is added to the metadata as ``retrieval_score``, as gumbel-rag's
-    own miners do.
+    The id is the source document's (``ref_doc_id``), so that a mined candidate traces back to your
+    documents; the node's own id goes into the metadata as ``node_id`` (for a node without a source
+    document it is the id). A NodeWithScore's retrieval score is added to the metadata as
+    ``retrieval_score``, as gumbel-rag's own miners do.
     """
     score = node.score if isinstance(node, NodeWithScore) else None
     base = node.node if isinstance(node, NodeWithScore) else node
-    metadata = _json_safe(dict(base.metadata))
+    metadata = json_safe(dict(base.metadata))
+    source = base.ref_doc_id
+    if source is not None and source != base.node_id:
+        metadata[NODE_ID_KEY] = base.node_id
     if score is not None:
         metadata[RETRIEVAL_SCORE_KEY] = float(score)
     # No Candidate.title: Candidate.content would prefix it to a text whose metadata header (per
     # metadata_mode) may already carry it, and the training text must equal what GumbelRerank scores.
-    return Candidate(text=node_text(base, metadata_mode), id=base.node_id, metadata=metadata)
+    return Candidate(text=node_text(base, metadata_mode), id=source or base.node_id, metadata=metadata)
 
 
 def candidate_retriever(
@@ -54,22 +55,14 @@ def candidate_retriever(
     return retrieve
 
 
-def _prepare(
-    qa_log: PathLike | Sequence[QAExample], retriever: BaseRetriever, top_n: int, format: str
-) -> list[QAExample]:
-    if top_n <= 0:
-        raise ValueError(f"top_n must be a positive integer, got {top_n}")
+def _warn_if_short(retriever: BaseRetriever, top_n: int) -> None:
     k = getattr(retriever, "similarity_top_k", None)
-    if isinstance(k, int) and k < top_n:
+    if isinstance(k, int) and isinstance(top_n, int) and k < top_n:
         warnings.warn(
             f"the retriever returns at most similarity_top_k={k} nodes, fewer than top_n={top_n}; "
             f"build it with similarity_top_k={top_n} to mine {top_n} candidates per question",
             stacklevel=3,
         )
-    if isinstance(qa_log, str | os.PathLike):
-        examples, _summary = load_examples(qa_log, format=format)
-        return examples
-    return list(qa_log)
 
 
 def mine_qa_log(
@@ -81,6 +74,8 @@ def mine_qa_log(
     metadata_mode: MetadataMode = MetadataMode.EMBED,
     gold_from_answer: bool = False,
     format: str = "auto",
+    skip_invalid: bool = False,
+    max_concurrency: int | None = None,
 ) -> list[QAExample]:
     """Retrieve candidates for each question of a QA log and write a QA log for ``gumbel-rag train``.
 
@@ -90,16 +85,18 @@ def mine_qa_log(
     trained on the text it will score. ``gold_from_answer`` marks the candidates containing an answer
     as gold (else gold stays unknown). The output format follows the extension of ``output_path``.
     """
-    examples = _prepare(qa_log_path, retriever, top_n, format)
-    mined = mine_candidates(
-        examples,
-        None,
-        retriever=candidate_retriever(retriever, metadata_mode=metadata_mode),
+    _warn_if_short(retriever, top_n)
+    return core_mine_qa_log(
+        qa_log_path,
+        lambda question, _n: retriever.retrieve(question),
+        output_path,
         top_n=top_n,
+        to_candidate=lambda hit: node_to_candidate(hit, metadata_mode),
         gold_from_answer=gold_from_answer,
+        format=format,
+        skip_invalid=skip_invalid,
+        max_concurrency=max_concurrency,
     )
-    write_qalog(mined, output_path)
-    return mined
 
 
 async def amine_qa_log(
@@ -111,24 +108,19 @@ async def amine_qa_log(
     metadata_mode: MetadataMode = MetadataMode.EMBED,
     gold_from_answer: bool = False,
     format: str = "auto",
+    skip_invalid: bool = False,
     max_concurrency: int = 8,
 ) -> list[QAExample]:
     """Async :func:`mine_qa_log`: questions are retrieved concurrently with ``retriever.aretrieve``."""
-    if max_concurrency < 1:
-        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-    examples = await asyncio.to_thread(_prepare, qa_log_path, retriever, top_n, format)
-    questions = list(dict.fromkeys(ex.question for ex in examples if not ex.candidates))
-    limit = asyncio.Semaphore(max_concurrency)
-
-    async def fetch(question: str) -> list[NodeWithScore]:
-        async with limit:
-            return await retriever.aretrieve(question)
-
-    hits = dict(zip(questions, await asyncio.gather(*(fetch(q) for q in questions)), strict=True))
-
-    def lookup(question: str, n: int) -> list[Candidate]:
-        return [node_to_candidate(hit, metadata_mode) for hit in hits[question][:n]]
-
-    mined = mine_candidates(examples, None, retriever=lookup, top_n=top_n, gold_from_answer=gold_from_answer)
-    await asyncio.to_thread(write_qalog, mined, output_path)
-    return mined
+    _warn_if_short(retriever, top_n)
+    return await core_amine_qa_log(
+        qa_log_path,
+        lambda question, _n: retriever.aretrieve(question),
+        output_path,
+        top_n=top_n,
+        to_candidate=lambda hit: node_to_candidate(hit, metadata_mode),
+        gold_from_answer=gold_from_answer,
+        format=format,
+        skip_invalid=skip_invalid,
+        max_concurrency=max_concurrency,
+    )

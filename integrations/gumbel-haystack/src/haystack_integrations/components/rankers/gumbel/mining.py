@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from haystack import Document
 from haystack.core.pipeline.base import PipelineBase
 
-from gumbel_rag.data import Candidate, QAExample, load_examples, mine_candidates, write_qalog
+from gumbel_rag.data import Candidate, QAExample
+from gumbel_rag.data import mine_qa_log as core_mine_qa_log
+from gumbel_rag.data.files import json_safe
 
 from .ranker import GumbelRanker, document_text
 
-__all__ = ["candidate_retriever", "document_to_candidate", "mine_qa_log"]
+__all__ = ["candidate_retriever", "document_retriever", "document_to_candidate", "mine_qa_log"]
 
 CandidateRetriever = Callable[[str, int], list[Candidate]]
 QALog = str | os.PathLike[str] | Iterable[QAExample]
-
-
-def _json_safe(value: Any) -> Any:
-    """A JSON-serialisable copy of metadata: numpy values become lists/scalars, anything else its str()."""
-
-    def fallback(v: Any) -> Any:
-        for attr in ("tolist", "item"):
-            if callable(getattr(v, attr, None)):
-                return getattr(v, attr)()
-        return str(v)
-
-    return json.loads(json.dumps(value, default=fallback, ensure_ascii=False))
 
 
 def document_to_candidate(document: Document, ranker: GumbelRanker | None = None) -> Candidate:
@@ -53,7 +41,7 @@ def document_to_candidate(document: Document, ranker: GumbelRanker | None = None
             document_prefix=ranker.document_prefix,
             document_suffix=ranker.document_suffix,
         )
-    return Candidate(text=text, id=document.id or None, metadata=_json_safe(dict(document.meta)))
+    return Candidate(text=text, id=document.id or None, metadata=json_safe(dict(document.meta)))
 
 
 def _socket(spec: str, what: str) -> tuple[str, str]:
@@ -115,6 +103,39 @@ def _pipeline_runner(
     return run
 
 
+def document_retriever(
+    source: Any,
+    *,
+    query_inputs: Sequence[str] | None = None,
+    top_k_inputs: Sequence[str] | None = None,
+    documents_output: str | None = None,
+) -> Callable[[str, int], list[Document]]:
+    """A `fetch(question, top_n)` function over a Haystack retriever component or Pipeline (see
+    `candidate_retriever` for how each is run); it returns Haystack Documents, best first."""
+    if isinstance(source, PipelineBase):
+        return _pipeline_runner(source, query_inputs, top_k_inputs, documents_output)
+    if not callable(getattr(source, "run", None)):
+        raise TypeError(
+            f"expected a Haystack Pipeline or a component with run(query=..., top_k=...), "
+            f"got {type(source).__name__}"
+        )
+    if query_inputs is not None or top_k_inputs is not None or documents_output is not None:
+        raise ValueError("query_inputs, top_k_inputs and documents_output apply to Pipelines only")
+    warmed = False
+
+    def fetch(query: str, top_n: int) -> list[Document]:
+        nonlocal warmed
+        if not warmed and callable(getattr(source, "warm_up", None)):
+            source.warm_up()
+        warmed = True
+        result = source.run(query=query, top_k=top_n)
+        if not isinstance(result, dict) or "documents" not in result:
+            raise TypeError(f"{type(source).__name__}.run() did not return a dict with 'documents'")
+        return list(result["documents"] or [])
+
+    return fetch
+
+
 def candidate_retriever(
     source: Any,
     *,
@@ -133,40 +154,14 @@ def candidate_retriever(
     documents are mined (or on `top_k_inputs`), and the documents are read from the one component with an
     open `documents` output (or from `documents_output`, e.g. `"retriever"` or `"retriever.documents"`).
     """
-    if isinstance(source, PipelineBase):
-        fetch = _pipeline_runner(source, query_inputs, top_k_inputs, documents_output)
-    elif callable(getattr(source, "run", None)):
-        if query_inputs is not None or top_k_inputs is not None or documents_output is not None:
-            raise ValueError("query_inputs, top_k_inputs and documents_output apply to Pipelines only")
-        warmed = False
-
-        def fetch(query: str, top_n: int) -> list[Document]:
-            nonlocal warmed
-            if not warmed and callable(getattr(source, "warm_up", None)):
-                source.warm_up()
-            warmed = True
-            result = source.run(query=query, top_k=top_n)
-            if not isinstance(result, dict) or "documents" not in result:
-                raise TypeError(f"{type(source).__name__}.run() did not return a dict with 'documents'")
-            return list(result["documents"] or [])
-
-    else:
-        raise TypeError(
-            f"expected a Haystack Pipeline or a component with run(query=..., top_k=...), "
-            f"got {type(source).__name__}"
-        )
+    fetch = document_retriever(
+        source, query_inputs=query_inputs, top_k_inputs=top_k_inputs, documents_output=documents_output
+    )
 
     def retrieve(query: str, top_n: int) -> list[Candidate]:
         return [document_to_candidate(doc, ranker) for doc in fetch(query, top_n)[:top_n]]
 
     return retrieve
-
-
-def _load(qa_log: QALog, format: str, skip_invalid: bool) -> list[QAExample]:
-    if isinstance(qa_log, str | os.PathLike):
-        examples, _summary = load_examples(Path(qa_log), format=format, skip_invalid=skip_invalid)
-        return list(examples)
-    return list(qa_log)
 
 
 def mine_qa_log(
@@ -194,34 +189,19 @@ def mine_qa_log(
     of raising. `ranker`, `query_inputs`, `top_k_inputs` and `documents_output` are as in
     `candidate_retriever`. The output format follows the file extension. Returns the written examples.
     """
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0:
-        raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
-    retrieve = candidate_retriever(
+    fetch = document_retriever(
         retriever_or_pipeline,
-        ranker=ranker,
         query_inputs=query_inputs,
         top_k_inputs=top_k_inputs,
         documents_output=documents_output,
     )
-    examples = _load(qa_log_path, format, skip_invalid)
-    # Only examples without candidates are mined; a question asked twice is retrieved once.
-    questions = list(dict.fromkeys(ex.question for ex in examples if not ex.candidates))
-    retrieved = {question: retrieve(question, top_n) for question in questions}
-    if questions and not any(retrieved.values()):
-        raise ValueError(
-            f"the retriever returned no documents for any of the {len(questions)} questions "
-            "(is the document store empty?)"
-        )
-    mined = examples
-    if questions:
-        # No corpus: gumbel-rag's miner takes the retrieved Candidates as they are and decides which
-        # examples get them and which are gold (not this package).
-        mined = mine_candidates(
-            examples,
-            None,
-            retriever=lambda question, n: retrieved[question][:n],
-            top_n=top_n,
-            gold_from_answer=gold_from_answer,
-        )
-    write_qalog(mined, Path(output_path))
-    return list(mined)
+    return core_mine_qa_log(
+        qa_log_path,
+        fetch,
+        output_path,
+        top_n=top_n,
+        to_candidate=lambda document: document_to_candidate(document, ranker),
+        gold_from_answer=gold_from_answer,
+        format=format,
+        skip_invalid=skip_invalid,
+    )

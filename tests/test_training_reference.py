@@ -1,0 +1,78 @@
+"""Behaviour pin: short seeded runs of every method end with the weights recorded before the training core
+was restructured (tests/data/reference_runs.safetensors, written by the pre-restructure trainer).
+
+Small tensors are compared whole; the word-embedding matrix (most of a tiny model) by the sum and the sum
+of squares of its change. A change to the loop, a loss, the reader or the reranker that alters training
+fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gumbel_rag import GumbelReranker
+from gumbel_rag.data import generate_multihop
+from gumbel_rag.losses import build_loss
+from gumbel_rag.readers import load_reader
+from gumbel_rag.trainer import TrainConfig, train
+
+REFERENCE = Path(__file__).parent / "data" / "reference_runs.safetensors"
+# name -> (method, loss options); every run: k=2 for G-Rerank, seed 0, 2 steps of 2 x 2 questions, lr 5e-3.
+RUNS = {
+    "gumbel": ("gumbel", {"k": 2}),
+    "gumbel-no-noise": ("gumbel", {"k": 2, "noise": False}),
+    "emdr": ("emdr", {}),
+    "pdist": ("pdist", {}),
+    "loop": ("loop", {}),
+    "adist": ("adist", {}),
+    "supervised": ("supervised", {}),
+    "gumbel-cross": ("gumbel", {"k": 2}),
+}
+EMBEDDING_NUMEL = 50_000  # tensors above this size are pinned by their change's sum and sum of squares
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, torch.Tensor]:
+    return load_file(str(REFERENCE))
+
+
+@pytest.fixture(scope="module")
+def reader(tiny_reader_dir: Path):
+    return load_reader(str(tiny_reader_dir), device="cpu", max_document_tokens=24)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_run_ends_with_the_recorded_weights(
+    name, reference, reader, tiny_bi_encoder_dir, tiny_cross_encoder_dir, tmp_path
+) -> None:
+    method, options = RUNS[name]
+    model_dir = tiny_cross_encoder_dir if name.endswith("cross") else tiny_bi_encoder_dir
+    reranker = GumbelReranker.from_pretrained(model_dir)
+    initial = {k: v.clone() for k, v in reranker.state_dict().items()}
+    loss = build_loss(method, None if method == "supervised" else reader, **options)
+    config = TrainConfig(
+        output_dir=str(tmp_path),
+        learning_rate=5e-3,
+        batch_size=2,
+        gradient_accumulation_steps=2,
+        save_every=100,
+        eval_every=100,
+        mixed_precision="no",
+        progress=False,
+        seed=0,
+        validation_fraction=0.0,  # the loop as it was: every row trains, no selection,
+        interpolation=1.0,  # and the trained weights are saved
+    )
+    train(reranker, loss, generate_multihop(8, seed=3, n_candidates=5), config)
+    for key, value in reranker.state_dict().items():
+        if value.numel() > EMBEDDING_NUMEL:
+            delta = value.float() - initial[key].float()
+            got = torch.stack([delta.sum(), (delta**2).sum()])
+            want = torch.cat([reference[f"{name}/{key}/delta_sum"], reference[f"{name}/{key}/delta_sq"]])
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
+        else:
+            torch.testing.assert_close(value.float(), reference[f"{name}/{key}"], rtol=1e-5, atol=1e-6)
