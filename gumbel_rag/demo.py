@@ -62,17 +62,34 @@ def run_demo(
     from gumbel_rag.trainer import train
 
     before = evaluate_reranker(reranker, dev_set, ks=ks)
-    result = train(reranker, loss, train_set, config, dev_set)
+    # No dev set for train(): it would pick its checkpoint on the held-out questions measured below. The
+    # trainer holds out its own validation split of the training questions instead.
+    result = train(reranker, loss, train_set, config)
     after = evaluate_reranker(reranker.eval(), dev_set, ks=ks)
 
     print(f"\nheld-out Recall before and after fine-tuning (n={after['n']}):")
     print(_table(before, after))
-    print(f"\n{result.steps} optimizer steps, {result.seconds_per_step:.2f} s per step")
+    kept = f"step {result.best_step}" if result.best_step is not None else "the last step"
+    print(
+        f"\n{result.steps} optimizer steps, {result.seconds_per_step:.2f} s per step; validation split: "
+        f"{result.validation_rows} of the {len(train_set)} training questions held out, weights of {kept} "
+        f"kept{' (stopped early)' if result.stopped_early else ''}"
+    )
     sample = dev_set[0]
     print(f"\nreranking a held-out question with the fine-tuned model:\n  Q: {sample.question}")
     for score, text in _sample_rerank(result.model_dir, sample):
         print(f"  {score:7.2f}  {text}")
-    write_json(output / "demo_results.json", {"before": before, "after": after, "steps": result.steps})
+    write_json(
+        output / "demo_results.json",
+        {
+            "before": before,
+            "after": after,
+            "steps": result.steps,
+            "validation_rows": result.validation_rows,
+            "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
+        },
+    )
     print(f"\nmodel:   {result.model_dir}  (GumbelReranker.from_pretrained or SentenceTransformer loads it)")
     print(f"logs:    {result.log_dir}  (tensorboard --logdir {result.log_dir})")
     print(f"curves:  {result.curves_png}")

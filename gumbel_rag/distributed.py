@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,8 +51,10 @@ def grads_finite(model: torch.nn.Module) -> bool:
 
 def weights_finite(model: torch.nn.Module) -> bool:
     """Whether this process's weights (its shards, under FSDP) are all finite."""
+    # detach(): DeepSpeed's partitioned parameters refuse an out= op on a tensor that requires grad. Under
+    # ZeRO-3 a rank's parameters are empty placeholders, so the check covers what the rank holds.
     params = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    return all(bool(torch.isfinite(p).all()) for p in params)
+    return all(bool(torch.isfinite(p.detach()).all()) for p in params)
 
 
 def on_every_rank(accelerator: Accelerator, ok: bool) -> bool:
@@ -145,9 +147,18 @@ def full_parameters(accelerator: Accelerator, model: torch.nn.Module) -> Iterato
 
 
 def save_model(
-    accelerator: Accelerator, model: torch.nn.Module, template: GumbelReranker | None, output: Path
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    template: GumbelReranker | None,
+    output: Path,
+    *,
+    before_saving: Callable[[torch.nn.Module], None] | None = None,
 ) -> None:
-    """Write the trained reranker as a plain sentence-transformers directory (main process only)."""
+    """Write the trained reranker as a plain sentence-transformers directory (main process only).
+
+    With sharded weights, ``before_saving`` gets the gathered whole model on the main process (the
+    unsharded run applies its guards before calling this).
+    """
     if not shards_weights(accelerator):
         if accelerator.is_main_process:
             accelerator.unwrap_model(model).save_pretrained(output)
@@ -156,5 +167,7 @@ def save_model(
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process and template is not None:
         template.load_state_dict(state)
+        if before_saving is not None:
+            before_saving(template)
         template.save_pretrained(output)
     accelerator.wait_for_everyone()

@@ -312,7 +312,7 @@ def train(
             f"nothing to train: none of the {len(train_examples)} rows can teach the {loss.method} loss"
             + (f" ({reasons})" if reasons else "")
         )
-    validation: list[QAExample] = list(dev_examples or [])
+    validation: list[QAExample] | None = None  # None: the dev set is the validation set
     if dev_examples is None:
         examples, validation = split_validation(examples, config.validation_fraction, seed=config.seed)
         if validation:
@@ -341,10 +341,11 @@ class _Run:
         examples: list[QAExample],
         config: TrainConfig,
         dev_examples: Sequence[QAExample] | None,
-        validation: Sequence[QAExample],
+        validation: Sequence[QAExample] | None,
     ) -> None:
         self.loss, self.examples, self.config, self.dev = loss, examples, config, dev_examples
-        self.validation = list(validation)
+        self.validation_is_dev = validation is None
+        self.validation = list(dev_examples or []) if validation is None else list(validation)
         output = Path(config.output_dir)
         self.output, self.log_dir, self.ckpt_dir = output, output / "logs", output / "checkpoints"
         self.metrics_file = self.log_dir / "metrics.jsonl"
@@ -366,11 +367,11 @@ class _Run:
         # Guards: the starting weights (for start_decay / interpolation), taken before any adapter.
         self._lora = None
         self._start: dict[str, torch.Tensor] = {}
-        if config.start_decay or config.interpolation < 1 or config.lora_rank:
-            if shards_weights(acc):
-                raise ConfigError(
-                    "start_decay, interpolation and lora_rank are not supported with sharded weights"
-                )
+        if (config.start_decay or config.lora_rank) and shards_weights(acc):
+            raise ConfigError("start_decay and lora_rank need unsharded weights (no FSDP / DeepSpeed ZeRO-3)")
+        guarded = config.start_decay or config.interpolation < 1 or config.lora_rank
+        # Under FSDP / ZeRO-3 only the main process needs them: it interpolates the gathered weights.
+        if guarded and (not shards_weights(acc) or acc.is_main_process):
             self._start = {name: p.detach().clone() for name, p in reranker.named_parameters()}
         if config.lora_rank:
             self._lora = add_lora(reranker, config.lora_rank)
@@ -595,6 +596,12 @@ class _Run:
         if self._lora is not None:
             merge_lora(model, self._lora)
             self._lora = None
+        if not shards_weights(self.accelerator):
+            self._interpolate(model)
+
+    @torch.no_grad()
+    def _interpolate(self, model: torch.nn.Module) -> None:
+        """theta = theta_0 + interpolation * (theta - theta_0) (a no-op at interpolation 1)."""
         alpha = self.config.interpolation
         if alpha < 1:
             for name, param in model.named_parameters():
@@ -656,7 +663,7 @@ class _Run:
             if self.dev:
                 metrics = evaluate_reranker(unwrapped, self.dev, ks=self.config.eval_ks, accelerator=acc)
                 self._log_eval("dev", metrics)
-            if self.validation and self.validation is not self.dev:
+            if self.validation and not self.validation_is_dev:
                 score, val_metrics = self._validation_score(unwrapped, self.validation)
                 self._log_eval("validation", {**val_metrics, "score": score})
             elif self.validation:
@@ -734,7 +741,8 @@ class _Run:
                     )
                 unwrapped.train()
         self._finish_guards()
-        if self.dev and (self._lora is not None or config.interpolation < 1 or config.lora_rank):
+        interpolated = config.interpolation < 1 and not shards_weights(acc)
+        if self.dev and (interpolated or config.lora_rank):
             unwrapped = acc.unwrap_model(self.model)
             self.last_metrics = evaluate_reranker(unwrapped, self.dev, ks=config.eval_ks, accelerator=acc)
             unwrapped.train()
@@ -744,7 +752,7 @@ class _Run:
                 "the reranker's weights are not all finite after training; the model was not saved"
             )
         curves = self.log_dir / "curves.png"
-        save_model(acc, self.model, self.template, self.output)
+        save_model(acc, self.model, self.template, self.output, before_saving=self._interpolate)
         seconds_per_step = _median(self.step_times)
         if acc.is_main_process:
             plot_curves(self.metrics_file, curves)

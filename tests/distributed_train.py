@@ -33,6 +33,9 @@ def main() -> None:
         batch_size=int(batch_size),
         gradient_accumulation_steps=1,
         learning_rate=1e-3,
+        # The mechanics of several processes, without checkpoint selection (it would keep step 0 here).
+        select_best=False,
+        early_stopping_patience=None,
         mixed_precision="no",
         progress=False,
         save_every=2,

@@ -36,6 +36,7 @@ def _config(out: Path, **overrides) -> TrainConfig:
         progress=False,
         validation_fraction=0.0,
         select_best=False,
+        interpolation=1.0,
     )
     return TrainConfig(**{**base, **overrides})
 

@@ -22,7 +22,8 @@ def _train_cmd(data: Path, out: Path, reranker: Path, reader: Path, *extra: str)
         sys.executable, "-m", "gumbel_rag.cli", "train", "--data", str(data), "--output", str(out),
         "--reranker", str(reranker), "--reader", str(reader), "--k", "2", "--batch-size", "1",
         "--grad-accum", "1", "--save-every", "1", "--eval-every", "1000", "--lr", "1e-3",
-        "--max-document-tokens", "16", "--mixed-precision", "no", "--no-progress", *extra,
+        "--max-document-tokens", "16", "--mixed-precision", "no", "--no-progress",
+        "--validation-fraction", "0", *extra,
     ]  # fmt: skip
 
 

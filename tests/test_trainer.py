@@ -48,6 +48,7 @@ def _config(tmp_path: Path, **overrides) -> TrainConfig:
         # The loop's mechanics without checkpoint selection (tests/test_training_selection.py has those).
         validation_fraction=0.0,
         select_best=False,
+        interpolation=1.0,
     )
     base.update(overrides)
     return TrainConfig(**base)

@@ -64,7 +64,8 @@ def test_run_ends_with_the_recorded_weights(
         mixed_precision="no",
         progress=False,
         seed=0,
-        validation_fraction=0.0,  # the loop as it was: every row trains, no selection
+        validation_fraction=0.0,  # the loop as it was: every row trains, no selection,
+        interpolation=1.0,  # and the trained weights are saved
     )
     train(reranker, loss, generate_multihop(8, seed=3, n_candidates=5), config)
     for key, value in reranker.state_dict().items():

@@ -26,6 +26,7 @@ def _config(out: Path, **overrides) -> TrainConfig:
         save_every=1000,
         mixed_precision="no",
         progress=False,
+        interpolation=1.0,  # the selected weights themselves
     )
     return TrainConfig(**{**base, **overrides})
 
@@ -110,3 +111,39 @@ def test_unlabelled_validation_uses_the_readers_answer_loss(tiny_bi_encoder_dir,
     validation = [r for r in _rows(tmp_path / "logs" / "metrics.jsonl") if r["split"] == "validation"]
     assert result.validation_rows == 2 and [r["step"] for r in validation] == [0, 3, 6]
     assert all(r["score"] == -r["answer_nll"] and r["answer_nll"] > 0 for r in validation)
+
+
+class _KilledAt(SupervisedListwiseLoss):
+    def __init__(self, call: int) -> None:
+        super().__init__()
+        self.call, self.calls = call, 0
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.call:
+            raise KeyboardInterrupt("simulated kill")
+        return super().forward(*args, **kwargs)
+
+
+def test_a_resumed_run_selects_and_stops_like_an_uninterrupted_one(tiny_bi_encoder_dir, tmp_path) -> None:
+    rows = generate_multihop(30, seed=9, n_candidates=5)
+    settings = dict(eval_every=2, save_every=2, learning_rate=1e-2)
+    full = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), SupervisedListwiseLoss(), rows,
+                 _config(tmp_path / "full", **settings))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), _KilledAt(call=6), rows,
+              _config(tmp_path / "killed", **settings))  # fmt: skip
+    resumed = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), SupervisedListwiseLoss(), rows,
+                    _config(tmp_path / "killed", resume=True, **settings))  # fmt: skip
+    assert (resumed.steps, resumed.best_step, resumed.stopped_early) == (
+        full.steps,
+        full.best_step,
+        full.stopped_early,
+    )
+    want, got = _state_of(tmp_path / "full"), _state_of(tmp_path / "killed")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def _state_of(path: Path) -> dict[str, torch.Tensor]:
+    return GumbelReranker.from_pretrained(path).state_dict()

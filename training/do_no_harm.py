@@ -36,7 +36,10 @@ import numpy as np
 
 # Guard settings: TrainConfig fields, plus the KL anchor's weight (a loss wrapper). "none" is the loop as
 # it was before the guards (every row trains, the last step is saved); "select" is the validation split
-# with best-checkpoint selection and early stopping alone.
+# with best-checkpoint selection and early stopping alone. Every run trains with interpolation 1 (the
+# trained weights); the half-way interpolation is evaluated after training (WISE_ALPHA), so that
+# "select+wise0.5" is exactly the shipped default of `gumbel-rag train`.
+BASE_SETTINGS: dict[str, Any] = {"interpolation": 1.0}
 GUARDS: dict[str, dict[str, Any]] = {
     "none": {"validation_fraction": 0.0, "select_best": False, "early_stopping_patience": None},
     "select": {},
@@ -180,7 +183,7 @@ def run_all(args: argparse.Namespace) -> None:
                     name = f"{check.name}/{variant}-seed{seed}"
                     if name in load_done(runs_file):
                         continue
-                    settings = dict(GUARDS[guard])
+                    settings = {**BASE_SETTINGS, **GUARDS[guard]}
                     anchor = settings.pop("anchor_weight", None)
                     reranker = GumbelReranker.from_pretrained()
                     start = GumbelReranker.from_pretrained()
