@@ -190,3 +190,21 @@ def test_fid_reader_bounds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
     assert "max_answer_tokens=8" in reader.skip_reason("q?", "purple " * 30)
     with pytest.raises(ValueError, match="max_answer_tokens=8"):
         reader.prepare(["q?"], [[GOLD]], ["purple " * 30])
+
+
+def test_training_leaves_out_answers_over_the_bound(tiny_reader_dir: Path) -> None:
+    from gumbel_rag.data import Candidate, QAExample
+    from gumbel_rag.losses import GumbelRerankLoss
+    from gumbel_rag.trainer import trainable_examples
+
+    reader = load_reader(str(tiny_reader_dir), device="cpu", max_document_tokens=16, max_answer_tokens=8)
+    loss = GumbelRerankLoss(reader, k=1)
+    docs = [Candidate("purple is the colour"), Candidate("green grass")]
+    rows = [
+        QAExample("q1?", ["purple"], docs, id="short"),
+        QAExample("q2?", ["purple " * 20], docs, id="long"),
+    ]
+    assert loss.skip_reason(rows[0]) is None
+    assert "max_answer_tokens=8" in loss.skip_reason(rows[1])
+    kept, dropped = trainable_examples(loss, rows)
+    assert [ex.id for ex in kept] == ["short"] and dropped.n_skipped == 1
