@@ -398,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
         "started with other settings, loss, reader, starting model or data)",
     )
     p.add_argument(
+        "--min-rating",
+        type=_finite_float,
+        default=None,
+        help="train only on rows whose feedback rated them at least this (captured QA logs, "
+        "QALogWriter.feedback); rows never rated are left out",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier run's model, checkpoints and logs in --output (refused without it)",
@@ -737,6 +744,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = _loss_options(args)  # a flag that does not apply to --method fails before anything loads
     examples, summary = _load(args.data, args.format, args.skip_invalid)
     print(f"loaded {summary}")
+    if args.min_rating is not None:
+        from gumbel_rag.data import filter_rated
+
+        examples, rated = filter_rated(examples, args.min_rating)
+        print(f"rated at least {args.min_rating:g}: {rated}")
+        if not examples:
+            raise TrainingError(
+                f"nothing to train: no row is rated at least {args.min_rating:g} ({rated}); record "
+                "ratings with QALogWriter.feedback, or lower --min-rating"
+            )
     examples, usable = _trainable(args.method, options, examples)
     print(f"trainable with --method {args.method}: {usable}")
     dev, dev_summary = None, LoadSummary()

@@ -83,15 +83,19 @@ def test_conversion_cache_location_and_completeness(tmp_path: Path, monkeypatch:
     assert gguf_mod.cache_root() == tmp_path / "readers"
     source = tmp_path / "model.gguf"
     source.write_bytes(b"GGUF")
+    digest = gguf_mod.file_sha256(source)
     target = gguf_mod.conversion_dir(source, "tiny")
     assert target == tmp_path / "readers" / "tiny"
+    assert gguf_mod.conversion_dir(source) == tmp_path / "readers" / f"model-{digest[:16]}"
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
-    assert not gguf_mod.is_converted(target, source)  # no marker: an interrupted conversion
+    assert not gguf_mod.is_converted(target, digest)  # no marker: an interrupted conversion
     (target / gguf_mod._MARKER).write_text(json.dumps({"file": "model.gguf", "size": 4}))
-    assert gguf_mod.is_converted(target, source)
-    source.write_bytes(b"GGUF v2")
-    assert not gguf_mod.is_converted(target, source)  # the source changed
+    assert not gguf_mod.is_converted(target, digest)  # a marker of the old format trusted name and size
+    (target / gguf_mod._MARKER).write_text(json.dumps({"file": "model.gguf", "size": 4, "sha256": digest}))
+    assert gguf_mod.is_converted(target, digest)
+    source.write_bytes(b"GGUG")  # same name, same size, other bytes
+    assert not gguf_mod.is_converted(target, gguf_mod.file_sha256(source))
     assert gguf_mod.is_gguf_path("x/Model.Q4_1.GGUF") and not gguf_mod.is_gguf_path("x/model")
 
 
@@ -102,7 +106,7 @@ def test_default_reader_prefers_the_gold_document(monkeypatch: pytest.MonkeyPatc
     assert reader.model.config.model_type == "llama" and reader.model.config.num_hidden_layers == 30
     assert reader.prompt.question.endswith("<|im_start|>assistant\n")  # SmolLM2's chat template
     directory = gguf_mod.cache_root() / gguf_mod.DEFAULT_CACHE_NAME
-    assert gguf_mod.is_converted(directory, gguf_mod.default_gguf_path())
+    assert gguf_mod.is_converted(directory, gguf_mod.file_sha256(gguf_mod.default_gguf_path()))
     assert (directory / "model.safetensors").is_file()
 
     gold = "The zorblax fruit, grown only on the island of Meru, is bright purple when ripe."

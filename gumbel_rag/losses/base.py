@@ -109,6 +109,13 @@ class ReaderLoss(RerankLoss):
             return "no answer"
         return super().row_problem(example, **options)
 
+    def skip_reason(self, example: QAExample) -> str | None:
+        """As :meth:`row_problem`, then the reader's own bounds (an answer over ``max_answer_tokens``)."""
+        reason = super().skip_reason(example)
+        if reason is None:
+            reason = self.reader.skip_reason(example.question, example.answers[0])
+        return reason
+
     @torch.no_grad()
     def prepare(self, examples: Sequence[QAExample]) -> ReaderBatch:
         """The reader's document states and answer tokens (first answer of each example)."""

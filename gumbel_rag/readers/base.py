@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from gumbel_rag.readers.bounds import (
+    DEFAULT_MAX_ANSWER_TOKENS,
+    DEFAULT_MAX_DOCUMENT_TOKENS,
+    DEFAULT_MAX_QUESTION_TOKENS,
+    TruncationCounts,
+    bounded_text,
+    check_token_bound,
+    truncate_text,
+)
+from gumbel_rag.readers.state_cache import (
+    DocumentStateCache,
+    entry_key,
+    model_fingerprint,
+    weights_signature,
+)
+
 DEFAULT_INSTRUCTION = "Answer the question using the documents."
+_FINGERPRINT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -35,6 +55,11 @@ class Reader(ABC):
     device: torch.device
     model: Any
     tokenizer: Any
+    max_document_tokens: int
+    max_question_tokens: int
+    max_answer_tokens: int
+    # Reuses document states across calls (epochs, questions sharing a document); None: recompute.
+    state_cache: DocumentStateCache | None = None
     # Name of the transformers auto class that loads this kind of reader.
     auto_model_class: ClassVar[str]
 
@@ -45,7 +70,10 @@ class Reader(ABC):
         tokenizer: Any,
         *,
         device: str | torch.device | None = None,
-        max_document_tokens: int = 128,
+        max_document_tokens: int = DEFAULT_MAX_DOCUMENT_TOKENS,
+        max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+        max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+        state_cache: DocumentStateCache | None = None,
     ) -> None:
         """Wrap a loaded model and tokenizer, frozen."""
 
@@ -55,7 +83,10 @@ class Reader(ABC):
         name_or_path: str,
         *,
         device: str | torch.device | None = None,
-        max_document_tokens: int = 128,
+        max_document_tokens: int = DEFAULT_MAX_DOCUMENT_TOKENS,
+        max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+        max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+        state_cache: DocumentStateCache | None = None,
         trust_remote_code: bool = False,
         **model_kwargs: Any,
     ) -> Reader:
@@ -73,7 +104,79 @@ class Reader(ABC):
             name_or_path, trust_remote_code=trust_remote_code, **hub
         )
         model = auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **model_kwargs)
-        return cls(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
+        return cls(
+            model,
+            tokenizer,
+            device=device,
+            max_document_tokens=max_document_tokens,
+            max_question_tokens=max_question_tokens,
+            max_answer_tokens=max_answer_tokens,
+            state_cache=state_cache,
+        )
+
+    def _state_context(self) -> dict[str, Any]:
+        """What a document's states depend on besides the model and the document's tokens."""
+        return {"max_document_tokens": self.max_document_tokens}
+
+    def state_fingerprint(self) -> str:
+        """Identity of the reader for :attr:`state_cache` keys: weights, config, dtype, device, prompt.
+
+        Hashing the weights reads them once (about a second for SmolLM2-135M); the result is kept until
+        the weights' cheap signature (tensor objects, storages, version counters) or the context changes.
+        """
+        attention = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+        context = json.dumps(self._state_context(), sort_keys=True)
+        signature = (weights_signature(self.model), str(self.dtype), str(self.device), attention, context)
+        memo = getattr(self, "_fingerprint_memo", None)
+        if memo is not None and memo[0] == signature:
+            return memo[1]
+        import transformers
+
+        with _FINGERPRINT_LOCK:  # one thread hashes the weights; the others then find its result
+            memo = getattr(self, "_fingerprint_memo", None)
+            if memo is not None and memo[0] == signature:
+                return memo[1]
+            payload = {
+                "reader": type(self).__qualname__,
+                "model": model_fingerprint(self.model),
+                "dtype": str(self.dtype),
+                "device": self.device.type,
+                "attention": attention,
+                "context": context,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            }
+            fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+            self._fingerprint_memo = (signature, fingerprint)
+        return fingerprint
+
+    def cached_states(
+        self,
+        kind: str,
+        items: Sequence[tuple[int, ...]],
+        compute: Callable[[list[tuple[int, ...]]], list[list[torch.Tensor]]],
+    ) -> dict[tuple[int, ...], list[torch.Tensor]]:
+        """The states of each distinct token-id tuple: from :attr:`state_cache` where held, else computed.
+
+        ``compute`` gets the items not held (in order) and returns their tensors, which are then stored.
+        Without a state cache every item is computed.
+        """
+        cache = self.state_cache
+        if cache is None:
+            return dict(zip(items, compute(list(items)), strict=True))
+        fingerprint = self.state_fingerprint()
+        keys = {item: entry_key(fingerprint, kind, item) for item in items}
+        found: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for item, key in keys.items():
+            tensors = cache.get(key, self.device)
+            if tensors is not None:
+                found[item] = tensors
+        missing = [item for item in keys if item not in found]
+        if missing:
+            for item, tensors in zip(missing, compute(missing), strict=True):
+                cache.put(keys[item], tensors)
+                found[item] = tensors
+        return {item: found[item] for item in items}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -85,6 +188,64 @@ class Reader(ABC):
         self, questions: Sequence[str], documents: Sequence[Sequence[str]], answers: Sequence[str]
     ) -> ReaderBatch:
         """Tokenize and encode every document once under torch.no_grad() (states reused by answer_loss)."""
+
+    def _set_bounds(
+        self,
+        max_document_tokens: int,
+        max_question_tokens: int,
+        max_answer_tokens: int,
+        *,
+        min_document_tokens: int = 1,
+    ) -> None:
+        """Validate and keep the size bounds (bounds.py), and start counting what gets cut."""
+        self.max_document_tokens = check_token_bound(
+            max_document_tokens, "max_document_tokens", min_document_tokens
+        )
+        self.max_question_tokens = check_token_bound(max_question_tokens, "max_question_tokens")
+        self.max_answer_tokens = check_token_bound(max_answer_tokens, "max_answer_tokens")
+        self._truncations = TruncationCounts(type(self).__name__)
+
+    @property
+    def truncations(self) -> dict[str, int]:
+        """How many inputs were cut, by kind: "questions" (to max_question_tokens), "documents"."""
+        return self._truncations.as_dict()
+
+    def bounded_question(self, question: str) -> str:
+        """The question cut after its first max_question_tokens tokens (counted, warned once)."""
+        kept, cut = truncate_text(self.tokenizer, question, self.max_question_tokens)
+        if cut:
+            self._truncations.add(
+                "questions",
+                f"a question of more than {self.max_question_tokens} tokens was cut to max_question_tokens "
+                f"({len(question)} characters, starting {question[:40]!r})",
+            )
+        return kept
+
+    def _answer_length(self, answer: str) -> int:
+        """Tokens the answer takes as the loss target (called on a bounded prefix only)."""
+        return len(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+
+    def skip_reason(self, question: str, answer: str) -> str | None:
+        """Why the reader cannot train on this example (answer empty or over max_answer_tokens), or None.
+
+        The trainer leaves such rows out (and counts them); ``prepare`` raises ValueError on one.
+        """
+        if not answer.strip():
+            return "the answer is empty"
+        piece = bounded_text(self.tokenizer, answer, self.max_answer_tokens)
+        if self._answer_length(piece) > self.max_answer_tokens:
+            return f"the answer has more than max_answer_tokens={self.max_answer_tokens} tokens"
+        return None
+
+    def check_trainable(self, questions: Sequence[str], answers: Sequence[str]) -> None:
+        """Raise ValueError naming the first example :meth:`skip_reason` refuses."""
+        for b, (question, answer) in enumerate(zip(questions, answers, strict=True)):
+            reason = self.skip_reason(question, answer)
+            if reason is not None:
+                raise ValueError(
+                    f"example {b} of the batch (question {question[:60]!r}): {reason}; leave such rows out "
+                    "of training (reader.skip_reason(question, answer) tells which)"
+                )
 
     @abstractmethod
     def answer_loss(self, batch: ReaderBatch, log_mask: torch.Tensor) -> torch.Tensor:
@@ -220,61 +381,3 @@ def default_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
-
-
-def load_reader(
-    name_or_path: str | None = None,
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    max_document_tokens: int = 128,
-    trust_remote_code: bool = False,
-    attn_implementation: str | None = None,
-    local_files_only: bool = False,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_folder: str | None = None,
-) -> Reader:
-    """Load a frozen reader: None gives the offline SmolLM2-135M-Instruct default, else AutoConfig decides.
-
-    ``dtype=None`` means bfloat16 on a GPU that supports it (the reader is frozen, so half the memory
-    costs no accuracy in the gradient that matters) and the checkpoint's dtype elsewhere. A hub name is
-    downloaded on first use unless ``local_files_only`` / ``HF_HUB_OFFLINE=1``; ``revision``, ``token`` and
-    ``cache_folder`` pass through (:class:`gumbel_rag.hub.HubOptions`).
-    """
-    from gumbel_rag.hub import HubOptions, trust_gate
-
-    trust_remote_code, _ = trust_gate(trust_remote_code)
-    hub = HubOptions(local_files_only, revision, token, cache_folder).transformers_kwargs()
-    device = resolve_device(device)
-    if dtype is None:
-        dtype = default_dtype(device)
-    # Imported here because the concrete readers import this module.
-    from gumbel_rag.readers.decoder import DecoderReader
-    from gumbel_rag.readers.fid import FiDReader
-    from gumbel_rag.readers.gguf import is_gguf_path, load_default_model, load_gguf_model
-
-    if name_or_path is None or is_gguf_path(name_or_path):
-        if name_or_path is None:
-            model, tokenizer = load_default_model(dtype=dtype, attn_implementation=attn_implementation)
-        else:
-            model, tokenizer = load_gguf_model(
-                name_or_path, dtype=dtype, attn_implementation=attn_implementation
-            )
-        return DecoderReader(model, tokenizer, device=device, max_document_tokens=max_document_tokens)
-
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **hub}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if getattr(config, "is_encoder_decoder", False):
-        return FiDReader.from_pretrained(
-            name_or_path, device=device, max_document_tokens=max_document_tokens, **kwargs
-        )
-    return DecoderReader.from_pretrained(
-        name_or_path, device=device, max_document_tokens=max_document_tokens, **kwargs
-    )

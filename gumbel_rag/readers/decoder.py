@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from gumbel_rag.readers.base import (
     DEFAULT_INSTRUCTION,
@@ -34,7 +33,14 @@ from gumbel_rag.readers.base import (
     token_logprobs,
     validate_inputs,
 )
+from gumbel_rag.readers.bounds import (
+    DEFAULT_MAX_ANSWER_TOKENS,
+    DEFAULT_MAX_DOCUMENT_TOKENS,
+    DEFAULT_MAX_QUESTION_TOKENS,
+    bounded_text,
+)
 from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
+from gumbel_rag.readers.state_cache import DocumentStateCache
 
 logger = logging.getLogger(__name__)
 
@@ -209,18 +215,25 @@ class DecoderReader(Reader):
         tokenizer: Any,
         *,
         device: str | torch.device | None = None,
-        max_document_tokens: int = 128,
+        max_document_tokens: int = DEFAULT_MAX_DOCUMENT_TOKENS,
         instruction: str = DEFAULT_INSTRUCTION,
         use_chat_template: bool | None = None,
         document_batch_size: int | None = None,
+        max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+        max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+        state_cache: DocumentStateCache | None = None,
     ) -> None:
-        """Wrap (and freeze) a causal LM; use_chat_template None means 'if the tokenizer has one'."""
-        if max_document_tokens < 2:
-            raise ValueError("max_document_tokens must be at least 2")
+        """Wrap (and freeze) a causal LM; use_chat_template None means 'if the tokenizer has one'.
+
+        ``max_question_tokens`` cuts longer questions (counted in :attr:`truncations`);
+        ``max_answer_tokens`` marks longer answers as not trainable (:meth:`skip_reason`);
+        ``state_cache`` keeps each distinct document's keys/values for later ``prepare`` calls.
+        """
+        self.state_cache = state_cache
+        self._set_bounds(max_document_tokens, max_question_tokens, max_answer_tokens, min_document_tokens=2)
         self.device = resolve_device(device, model)
         self.model = freeze(model.to(self.device))
         self.tokenizer = tokenizer
-        self.max_document_tokens = max_document_tokens
         # Bigger chunks halve prepare() on an H100 (launch-bound); on CPU they only cost memory.
         self.document_batch_size = document_batch_size or (64 if self.device.type == "cuda" else 16)
         self.prompt = self._prompt_format(tokenizer, instruction, use_chat_template)
@@ -268,12 +281,24 @@ class DecoderReader(Reader):
     def document_ids(self, text: str) -> list[int]:
         """Token ids of one document: prefix + text + suffix, cut to max_document_tokens (suffix kept)."""
         suffix = self._document_suffix_ids
-        body = self._encode(self.prompt.document_prefix + text)
-        return body[: max(self.max_document_tokens - len(suffix), 1)] + suffix
+        budget = max(self.max_document_tokens - len(suffix), 1)
+        # Only a bounded prefix is tokenized: the ids kept are those of the whole text.
+        body = self._encode(self.prompt.document_prefix + bounded_text(self.tokenizer, text, budget))
+        if len(body) > budget:
+            self._truncations.add("documents", "", warn=False)  # by design: the slot is that wide
+        return body[:budget] + suffix
+
+    def _question_text(self, question: str) -> str:
+        """The question-side prompt text around the (bounded) question."""
+        return self.prompt.question.replace(_QUESTION_SENTINEL, self.bounded_question(question))
+
+    def _answer_length(self, answer: str) -> int:
+        return len(self._encode(self.prompt.answer_prefix + answer))
 
     def question_answer_ids(self, question: str, answer: str) -> tuple[list[int], list[int]]:
-        """(question-side ids, answer ids) following the documents."""
-        q_text = self.prompt.question.replace(_QUESTION_SENTINEL, question)
+        """(question-side ids, answer ids) following the documents; ValueError for an unusable answer."""
+        self.check_trainable([question], [answer])
+        q_text = self._question_text(question)
         q_ids = self._encode(q_text)
         # Tokenized in context the answer gets its natural first token (SentencePiece would otherwise
         # add a dummy-prefix piece); fall back to tokenizing it alone if the boundary moves.
@@ -355,39 +380,50 @@ class DecoderReader(Reader):
                 )
         return out
 
+    def _state_context(self) -> dict[str, Any]:
+        return {"max_document_tokens": self.max_document_tokens, "prefix_ids": self.prefix_ids}
+
+    def _states(self, doc_ids: Sequence[Sequence[list[int]]]) -> tuple[Any, dict[tuple[int, ...], Any]]:
+        """Prefix keys/values and those of each distinct document (from the state cache where held)."""
+        prefix = tuple(self.prefix_ids)
+        (prefix_states,) = self.cached_states(
+            "decoder-prefix", [prefix], lambda _: [_flatten(self._encode_prefix())]
+        ).values()
+        prefix_kv = _unflatten(prefix_states)
+        unique = list(dict.fromkeys(tuple(d) for docs in doc_ids for d in docs))
+
+        def encode(missing: list[tuple[int, ...]]) -> list[list[torch.Tensor]]:
+            return [_flatten(kv) for kv in self._encode_documents([list(d) for d in missing], prefix_kv)]
+
+        documents = self.cached_states("decoder-document", unique, encode)
+        return prefix_kv, {ids: _unflatten(states) for ids, states in documents.items()}
+
     def prepare(
         self, questions: Sequence[str], documents: Sequence[Sequence[str]], answers: Sequence[str]
     ) -> DecoderBatch:
         """Tokenize and encode every document once under torch.no_grad() (states reused by answer_loss)."""
         validate_inputs(questions, documents, answers)
+        self.check_trainable(questions, answers)
         lp = self.prefix_length
         doc_ids = [[self.document_ids(d) for d in docs] for docs in documents]
-        flat = [ids for docs in doc_ids for ids in docs]
-        prefix_kv = self._encode_prefix()
-        encoded = iter(self._encode_documents(flat, prefix_kv))
+        prefix_kv, states = self._states(doc_ids)
 
-        key_ids, key_seg, key_pos = [], [], []
-        keys: list[list[torch.Tensor]] = [[] for _ in prefix_kv[0]]
-        values: list[list[torch.Tensor]] = [[] for _ in prefix_kv[0]]
+        key_ids, key_seg, key_pos, rows = [], [], [], []
         for docs in doc_ids:
             ids, seg, pos = list(self.prefix_ids), [PREFIX] * lp, list(range(lp))
-            parts_k, parts_v = [list(prefix_kv[0])], [list(prefix_kv[1])]
+            parts = [prefix_kv]
             for i, d in enumerate(docs):
                 ids += d
                 seg += [i] * len(d)
                 pos += range(lp, lp + len(d))
-                dk, dv = next(encoded)
-                parts_k.append(dk)
-                parts_v.append(dv)
+                parts.append(states[tuple(d)])
             key_ids.append(ids)
             key_seg.append(seg)
             key_pos.append(pos)
-            for layer in range(len(keys)):
-                keys[layer].append(torch.cat([p[layer] for p in parts_k], dim=2))
-                values[layer].append(torch.cat([p[layer] for p in parts_v], dim=2))
+            rows.append(parts)
         width = max(len(s) for s in key_seg)
-        padded_keys = [_pad_kv(rows, width) for rows in keys]
-        padded_values = [_pad_kv(rows, width) for rows in values]
+        padded_keys = _assemble_kv([[kv[0] for kv in parts] for parts in rows], width)
+        padded_values = _assemble_kv([[kv[1] for kv in parts] for parts in rows], width)
 
         qa = [self.question_answer_ids(q, a) for q, a in zip(questions, answers, strict=True)]
         dev = self.device
@@ -479,7 +515,7 @@ class DecoderReader(Reader):
         validate_inputs(questions, documents, [""] * len(questions))
         rows = []
         for question, docs in zip(questions, documents, strict=True):
-            q_text = self.prompt.question.replace(_QUESTION_SENTINEL, question)
+            q_text = self._question_text(question)
             doc_ids = [t for d in docs for t in self.document_ids(d)]
             rows.append(self.prefix_ids + doc_ids + self._encode(q_text + self.prompt.answer_prefix.rstrip()))
         ids = _pad_stack(rows, self._pad_id, left=True).to(self.device)
@@ -547,9 +583,34 @@ class DecoderReader(Reader):
         return self._loss_from_logits(batch, out.logits)
 
 
-def _pad_kv(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    """Concatenate per-example (1, H, K_b, D) states into (B, H, width, D), zero padded on the right."""
-    return torch.cat([F.pad(r, (0, 0, 0, width - r.shape[2])) for r in rows], dim=0)
+def _flatten(kv: tuple[list[torch.Tensor], list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-layer keys then per-layer values, as one list (one state-cache entry)."""
+    return [*kv[0], *kv[1]]
+
+
+def _unflatten(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    half = len(tensors) // 2
+    return tensors[:half], tensors[half:]
+
+
+def _assemble_kv(rows: list[list[list[torch.Tensor]]], width: int) -> list[torch.Tensor]:
+    """Per layer, the (B, H, width, D) states of each row's parts end to end, zero padded on the right.
+
+    ``rows[b]`` holds row b's parts (prefix, then its documents), each a per-layer list of (1, H, len, D)
+    tensors. One allocation and one copy per part: concatenating, then padding, copied everything twice.
+    """
+    out = []
+    for layer, first in enumerate(rows[0][0]):
+        batch = first.new_empty((len(rows), first.shape[1], width, first.shape[3]))
+        for b, parts in enumerate(rows):
+            start = 0
+            for part in parts:
+                length = part[layer].shape[2]
+                batch[b, :, start : start + length] = part[layer][0]
+                start += length
+            batch[b, :, start:] = 0  # padding keys are masked out, but must be finite
+        out.append(batch)
+    return out
 
 
 def _as_decoder_batch(batch: ReaderBatch) -> DecoderBatch:

@@ -29,7 +29,14 @@ from gumbel_rag.readers.base import (
     token_logprobs,
     validate_inputs,
 )
+from gumbel_rag.readers.bounds import (
+    DEFAULT_MAX_ANSWER_TOKENS,
+    DEFAULT_MAX_DOCUMENT_TOKENS,
+    DEFAULT_MAX_QUESTION_TOKENS,
+    bounded_text,
+)
 from gumbel_rag.readers.cache import cache_kwarg, dynamic_cache
+from gumbel_rag.readers.state_cache import DocumentStateCache
 
 PAD = -2
 QUESTION_ONLY = -4  # the fallback passage without a document
@@ -109,14 +116,24 @@ class FiDReader(Reader):
         tokenizer: Any,
         *,
         device: str | torch.device | None = None,
-        max_document_tokens: int = 128,
+        max_document_tokens: int = DEFAULT_MAX_DOCUMENT_TOKENS,
         passage_batch_size: int = 16,
+        max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+        max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+        state_cache: DocumentStateCache | None = None,
     ) -> None:
-        """Wrap (and freeze) a seq2seq LM; max_document_tokens bounds each passage's document part."""
+        """Wrap (and freeze) a seq2seq LM; max_document_tokens bounds each passage's document part.
+
+        ``max_question_tokens`` cuts longer questions (counted in :attr:`truncations`);
+        ``max_answer_tokens`` marks longer answers as not trainable (:meth:`skip_reason`);
+        ``state_cache`` keeps each passage's encoder states for later calls (a passage holds the
+        question, so they are reused across epochs, not across questions).
+        """
+        self.state_cache = state_cache
+        self._set_bounds(max_document_tokens, max_question_tokens, max_answer_tokens)
         self.device = resolve_device(device, model)
         self.model = freeze(model.to(self.device))
         self.tokenizer = tokenizer
-        self.max_document_tokens = max_document_tokens
         self.passage_batch_size = passage_batch_size
         self._cache_kwarg = cache_kwarg(self.model)
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -126,10 +143,19 @@ class FiDReader(Reader):
 
     def passage_ids(self, question: str, document: str | None) -> list[int]:
         """Token ids of 'question: q context: d' with the document part cut to max_document_tokens."""
+        return self._passage_ids(self.bounded_question(question), document)
+
+    def _passage_ids(self, question: str, document: str | None) -> list[int]:
         head = f"question: {question} context:"
         budget = len(self.tokenizer(head)["input_ids"]) + self.max_document_tokens
-        text = head if document is None else f"{head} {document}"
+        if document is None:
+            text = head
+        else:  # only a bounded prefix of the document is tokenized; the ids kept are the same
+            text = f"{head} {bounded_text(self.tokenizer, document, self.max_document_tokens)}"
         return list(self.tokenizer(text, truncation=True, max_length=budget)["input_ids"])
+
+    def _answer_length(self, answer: str) -> int:
+        return len(self.tokenizer(answer)["input_ids"])  # with T5's </s>, as in the labels
 
     @torch.no_grad()
     def _encode_passages(self, passages: list[list[int]]) -> list[torch.Tensor]:
@@ -170,12 +196,17 @@ class FiDReader(Reader):
         self, questions: Sequence[str], documents: Sequence[Sequence[str]]
     ) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
         """Per example: the passages' token ids end to end, their (B, K) segments and (B, K, d) states."""
+        bounded = [self.bounded_question(q) for q in questions]
         per_example = [
-            [self.passage_ids(q, d) for d in docs] + [self.passage_ids(q, None)]
-            for q, docs in zip(questions, documents, strict=True)
+            [self._passage_ids(q, d) for d in docs] + [self._passage_ids(q, None)]
+            for q, docs in zip(bounded, documents, strict=True)
         ]
-        flat = [p for passages in per_example for p in passages]
-        encoded = iter(self._encode_passages(flat))
+        unique = list(dict.fromkeys(tuple(p) for passages in per_example for p in passages))
+
+        def encode(missing: list[tuple[int, ...]]) -> list[list[torch.Tensor]]:
+            return [[states] for states in self._encode_passages([list(p) for p in missing])]
+
+        encoded = self.cached_states("fid-passage", unique, encode)
 
         ids_rows, seg_rows, state_rows = [], [], []
         for passages in per_example:
@@ -184,7 +215,7 @@ class FiDReader(Reader):
                 is_question_only = i == len(passages) - 1
                 ids += p
                 seg += [QUESTION_ONLY if is_question_only else i] * len(p)
-                states.append(next(encoded))
+                states.append(encoded[tuple(p)][0])
             ids_rows.append(ids)
             seg_rows.append(seg)
             state_rows.append(torch.cat(states, dim=0))
@@ -197,6 +228,7 @@ class FiDReader(Reader):
     ) -> FiDBatch:
         """Tokenize and encode every passage once under torch.no_grad() (states reused by answer_loss)."""
         validate_inputs(questions, documents, answers)
+        self.check_trainable(questions, answers)
         ids_rows, key_segment, encoder_states = self._encode(questions, documents)
         cross_keys, cross_values = self._cross_key_values(encoder_states, key_segment)
 

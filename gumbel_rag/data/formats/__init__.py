@@ -12,10 +12,15 @@ from gumbel_rag.data.formats.fid import fid_gold_source, parse_fid_row
 from gumbel_rag.data.formats.hotpotqa import parse_hotpotqa_row
 from gumbel_rag.data.formats.musique import parse_musique_row
 from gumbel_rag.data.formats.qalog import (
+    Feedback,
     Row,
     Where,
     check_example_text,
     container_of,
+    filter_rated,
+    is_feedback_row,
+    join_feedback,
+    parse_feedback_row,
     parse_qalog_row,
     peek_row,
     read_rows,
@@ -27,6 +32,7 @@ __all__ = [
     "FORMATS",
     "Format",
     "detect_format",
+    "filter_rated",
     "filter_trainable",
     "load_examples",
     "load_many",
@@ -95,7 +101,15 @@ def load_examples(
     A problem with the whole file (unreadable, not the format it says, a row that fits two formats)
     raises even with ``skip_invalid``: skipping it would drop every row under one count. An empty file
     is the exception: with ``skip_invalid`` it is counted as one skip (it holds no rows to lose).
+    A captured QA log's feedback records are joined onto their rows (see ``join_feedback``).
     """
+    examples, summary, feedback = _load_file(path, format, skip_invalid)
+    return join_feedback(examples, feedback, summary), summary
+
+
+def _load_file(
+    path: str | Path, format: str, skip_invalid: bool
+) -> tuple[list[QAExample], LoadSummary, list[Feedback]]:
     _check_format(format)
     p = Path(path)
     _check_file(p)
@@ -106,14 +120,18 @@ def load_examples(
         if not skip_invalid:
             raise err
         summary.skip_error(err)
-        return [], summary
+        return [], summary, []
     fmt: Format = _format_of_rows(rows, str(path), encoded) if format == "auto" else format  # type: ignore[assignment]
     parse, gold_source = _PARSERS[fmt], _GOLD_SOURCES[fmt]
     examples = []
+    feedback: list[Feedback] = []
     for line, row in rows:
         try:
             if isinstance(row, DataError):
                 raise row
+            if fmt == "qalog" and is_feedback_row(row):
+                feedback.append(parse_feedback_row(row, (str(path), line), encoded))
+                continue
             example = parse(row, (str(path), line), encoded)
             check_example_text(example, (str(path), line))
         except DataError as err:
@@ -126,7 +144,7 @@ def load_examples(
             source = gold_source(row)
             summary.gold_sources[source] = summary.gold_sources.get(source, 0) + 1
     summary.loaded = len(examples)
-    return examples, summary
+    return examples, summary, feedback
 
 
 def _expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -158,15 +176,21 @@ def _is_data_file(p: Path) -> bool:
 def load_many(
     paths: str | Path | Iterable[str | Path], format: str = "auto", skip_invalid: bool = False
 ) -> tuple[list[QAExample], LoadSummary]:
-    """Load several files (a directory stands for its data files, sorted) into one list and summary."""
+    """Load several files (a directory stands for its data files, sorted) into one list and summary.
+
+    Feedback records of a captured log are joined onto their rows across all the files.
+    """
     _check_format(format)
     examples: list[QAExample] = []
+    feedback: list[Feedback] = []
     summary = LoadSummary()
     for p in _expand(paths):
-        loaded, part = load_examples(p, format, skip_invalid=skip_invalid)
+        loaded, part, notes = _load_file(p, format, skip_invalid)
         examples.extend(loaded)
+        feedback.extend(notes)
         summary = summary.merge(part)
-    return examples, summary
+    # Joined across the files: a log rotated by size has feedback in later files than its rows.
+    return join_feedback(examples, feedback, summary), summary
 
 
 def _origin(ex: QAExample, position: int) -> tuple[str, int]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import datetime as _dt
 import gzip
 import io
 import json
+import math
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,15 +17,23 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from gumbel_rag.data.files import atomic_write, json_safe
-from gumbel_rag.data.schema import Candidate, DataError, QAExample
+from gumbel_rag.data.schema import Candidate, DataError, LoadSummary, QAExample
 
 __all__ = [
+    "FEEDBACK_KEY",
+    "RUN_ID_KEY",
+    "TIMESTAMP_KEY",
     "Container",
+    "Feedback",
     "Where",
     "check_example_text",
     "check_text",
     "container_of",
+    "filter_rated",
+    "is_feedback_row",
+    "join_feedback",
     "parse_candidate",
+    "parse_feedback_row",
     "parse_qalog_row",
     "peek_row",
     "read_bytes",
@@ -47,6 +58,13 @@ _EXTENSIONS: dict[str, Container] = {
 }
 _QALOG_KEYS = {"question", "answer", "answers", "candidates", "gold", "id", "metadata"}
 _CANDIDATE_KEYS = {"text", "id", "title", "metadata", "gold"}
+# A captured log (gumbel_rag.data.QALogWriter): rows carry these in their metadata; feedback records
+# are lines {"feedback": {"run_id", "answer"?, "rating"?, "timestamp", "metadata"?}}.
+FEEDBACK_KEY = "feedback"
+RUN_ID_KEY = "run_id"
+TIMESTAMP_KEY = "timestamp"
+# Where a joined row keeps the answers it was logged with, once feedback corrected them.
+LOGGED_ANSWERS_KEY = "logged_answers"
 
 
 # ----------------------------------------------------------------------------- errors and types
@@ -740,6 +758,145 @@ def parse_qalog_row(row: dict[str, Any], where: Where, encoded: bool = False) ->
         source=f"{where[0]}:{where[1]}",
         metadata=metadata,
     )
+
+
+# ----------------------------------------------------------------------------- feedback
+
+
+@dataclasses.dataclass(frozen=True)
+class Feedback:
+    """A feedback record of a captured log: a corrected answer and/or a rating for the row of ``run_id``."""
+
+    run_id: str
+    answer: str | None
+    rating: float | None
+    timestamp: str | None
+    where: Where
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def is_feedback_row(row: dict[str, Any]) -> bool:
+    """Whether a row is a feedback record (``{"feedback": {...}}``, no question of its own)."""
+    return FEEDBACK_KEY in row and row.get("question") is None and row[FEEDBACK_KEY] is not None
+
+
+def parse_feedback_row(row: dict[str, Any], where: Where, encoded: bool = False) -> Feedback:
+    """One feedback record; raises DataError naming the field at fault."""
+    value = decode_json_cell(row[FEEDBACK_KEY], where, FEEDBACK_KEY) if encoded else row[FEEDBACK_KEY]
+    if not isinstance(value, dict):
+        raise fail(where, FEEDBACK_KEY, f"expected an object, got {type_name(value)}", "bad feedback")
+    run_id = as_id(value.get(RUN_ID_KEY), where, f"{FEEDBACK_KEY}.{RUN_ID_KEY}")
+    if run_id is None:
+        raise fail(where, f"{FEEDBACK_KEY}.{RUN_ID_KEY}", "missing: feedback names its row", "bad feedback")
+    answer = value.get("answer")
+    if answer is not None:
+        answer = as_text(answer, where, f"{FEEDBACK_KEY}.answer", "feedback answer", empty_ok=False)
+    rating = value.get("rating")
+    if rating is not None:
+        if isinstance(rating, bool) or not isinstance(rating, int | float) or not math.isfinite(rating):
+            msg = f"expected a finite number, got {rating!r}"
+            raise fail(where, f"{FEEDBACK_KEY}.rating", msg, "bad feedback")
+        rating = float(rating)
+    if answer is None and rating is None:
+        raise fail(where, FEEDBACK_KEY, "holds neither an answer nor a rating", "bad feedback")
+    timestamp = value.get(TIMESTAMP_KEY)
+    if timestamp is not None and not isinstance(timestamp, str):
+        msg = f"expected an ISO 8601 string, got {type_name(timestamp)}"
+        raise fail(where, f"{FEEDBACK_KEY}.{TIMESTAMP_KEY}", msg, "bad feedback")
+    metadata = as_metadata(value.get("metadata"), where, f"{FEEDBACK_KEY}.metadata", False)
+    check_text([answer, metadata], where, FEEDBACK_KEY)
+    return Feedback(run_id, answer, rating, timestamp, where, metadata)
+
+
+def _when(feedback: Feedback) -> _dt.datetime:
+    # Records without a (readable) timestamp sort first; ties keep the order they were read in.
+    try:
+        when = _dt.datetime.fromisoformat(feedback.timestamp or "")
+    except ValueError:
+        return _dt.datetime.min.replace(tzinfo=_dt.UTC)
+    return when if when.tzinfo else when.replace(tzinfo=_dt.UTC)
+
+
+def join_feedback(
+    examples: Sequence[QAExample], feedback: Sequence[Feedback], summary: LoadSummary
+) -> list[QAExample]:
+    """The examples with their feedback joined: the latest record wins, field by field.
+
+    A row is matched by its ``metadata["run_id"]`` (its ``id`` when it has none). A corrected answer
+    becomes the row's answer (the logged answers move to ``metadata["logged_answers"]``); answer, rating
+    and time go to ``metadata["feedback"]``. Feedback matching no row is counted in ``summary``
+    ("feedback without its row": load every rotated file of a log together).
+    """
+    if not feedback:
+        return list(examples)
+    merged: dict[str, dict[str, Any]] = {}
+    last: dict[str, Feedback] = {}
+    for record in sorted(feedback, key=_when):  # stable: equal times keep the reading order
+        into = merged.setdefault(record.run_id, {})
+        if record.answer is not None:
+            into["answer"] = record.answer
+        if record.rating is not None:
+            into["rating"] = record.rating
+        if record.timestamp is not None:
+            into[TIMESTAMP_KEY] = record.timestamp
+        if record.metadata:
+            into["metadata"] = {**into.get("metadata", {}), **record.metadata}
+        last[record.run_id] = record
+    out: list[QAExample] = []
+    matched: set[str] = set()
+    for ex in examples:
+        key = ex.metadata.get(RUN_ID_KEY, ex.id)
+        joined = merged.get(key) if isinstance(key, str) else None
+        if joined is None:
+            out.append(ex)
+            continue
+        matched.add(key)
+        metadata = {**ex.metadata, FEEDBACK_KEY: dict(joined)}
+        answers = ex.answers
+        corrected = joined.get("answer")
+        if corrected is not None and answers[:1] != [corrected]:
+            metadata[LOGGED_ANSWERS_KEY] = list(ex.answers)
+            answers = [corrected]
+        out.append(dataclasses.replace(ex, answers=answers, metadata=metadata))
+    for run_id in merged:
+        if run_id not in matched:
+            path, line = last[run_id].where
+            message = (
+                f"{path}:{line}: feedback for run {run_id!r} matches no row of the files loaded "
+                "(load every file of the log together: the rotated ones too)"
+            )
+            summary.skip(path, line, "feedback without its row", message)
+    return out
+
+
+def rating_of(example: QAExample) -> float | None:
+    """The rating joined onto a captured row, or None."""
+    feedback = example.metadata.get(FEEDBACK_KEY)
+    rating = feedback.get("rating") if isinstance(feedback, dict) else None
+    return float(rating) if isinstance(rating, int | float) and not isinstance(rating, bool) else None
+
+
+def filter_rated(examples: Sequence[QAExample], min_rating: float) -> tuple[list[QAExample], LoadSummary]:
+    """Keep the rows whose feedback rated them at least ``min_rating``; rows never rated are left out."""
+    if (
+        isinstance(min_rating, bool)
+        or not isinstance(min_rating, int | float)
+        or not math.isfinite(min_rating)
+    ):
+        raise ValueError(f"min_rating must be a finite number, got {min_rating!r}")
+    kept: list[QAExample] = []
+    summary = LoadSummary()
+    for position, ex in enumerate(examples):
+        rating = rating_of(ex)
+        if rating is not None and rating >= min_rating:
+            kept.append(ex)
+            continue
+        where = ex.source or ex.id or f"example {position + 1}"
+        path, _, line = where.rpartition(":") if ex.source else (where, "", "0")
+        reason = "not rated" if rating is None else f"rated below {min_rating:g}"
+        summary.skip(path, int(line) if line.isdigit() else 0, reason, f"{where}: {reason}")
+    summary.loaded = len(kept)
+    return kept, summary
 
 
 # ----------------------------------------------------------------------------- writing

@@ -43,3 +43,10 @@ def test_docs_snippets_run(
     assert (tmp_path / "qa_log_mined_by_pipeline.jsonl").is_file()
     assert sorted(d.id for d in namespace["best"]) == sorted(["eiffel", "banana", "paris"])
     assert namespace["tuned"].reranker is not None
+    # The recorder's snippet: one row, with every retrieved document and the ranker's picks.
+    from gumbel_rag.data import load_examples
+
+    (row,), _ = load_examples(tmp_path / "logs" / "qa_log.jsonl")
+    assert row.id == namespace["run_id"] and row.answers == ["The Louvre"]
+    assert len(row.candidates) == 5 and len(row.metadata["picked"]) == 3
+    assert row.metadata["feedback"]["rating"] == 5

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gumbel_rag import GumbelReranker
+from gumbel_rag.data import load_examples
 
 PACKAGE = Path(__file__).resolve().parents[1]
 DOCS = PACKAGE.parents[1] / "docs" / "langchain.md"
@@ -46,6 +47,11 @@ def test_docs_page_snippets_run(workdir: Path, capsys: pytest.CaptureFixture[str
     assert len(ns["examples"]) == 2 and len(ns["examples"][0].candidates) == 3
     assert (workdir / "qa_log_mined.jsonl").is_file()
     assert ns["tuned"].reranker.kind == "bi-encoder"
+    # The recorder's snippet: one row, its feedback joined.
+    (row,), _ = load_examples(workdir / "logs" / "qa_log.jsonl")
+    assert row.id == str(ns["run_id"]) and row.answers == ["Paris"] and ns["answer"] == "Paris"
+    assert len(row.candidates) == 3 and len(row.metadata["picked"]) == 1
+    assert row.metadata["feedback"]["rating"] == 5
 
 
 def test_readme_snippets_run(workdir: Path) -> None:

@@ -52,6 +52,13 @@ def test_docs_page_snippets_run(workdir: Path, capsys: pytest.CaptureFixture[str
     assert examples == ns["examples"] and [len(ex.candidates) for ex in examples] == [3, 3]
     assert ns["tuned"].reranker.kind == "bi-encoder"
     assert len(ns["tuned_response"].source_nodes) == 3
+    # The recorder's snippet: a query and a chat, the query's feedback joined, then unregistered.
+    query_row, chat_row = load_examples(workdir / "logs" / "qa_log.jsonl")[0]
+    assert query_row.id == "ticket-4711" and query_row.metadata["feedback"]["answer"] == "Paris"
+    assert [query_row.candidates[i].id for i in query_row.metadata["picked"]] == [
+        n.node.ref_doc_id for n in ns["recorded"].source_nodes
+    ]
+    assert chat_row.question == "What is the capital of France?" and len(chat_row.candidates) == 3
 
 
 @pytest.mark.slow

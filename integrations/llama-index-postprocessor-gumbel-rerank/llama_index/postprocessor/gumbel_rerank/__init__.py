@@ -1,4 +1,4 @@
-"""LlamaIndex integration for gumbel-rag: a reranking node postprocessor and QA-log mining."""
+"""LlamaIndex integration for gumbel-rag: a reranking node postprocessor, QA-log mining and capture."""
 
 from llama_index.postprocessor.gumbel_rerank.base import DEFAULT_MODEL_NAME, GumbelRerank, node_text
 from llama_index.postprocessor.gumbel_rerank.mining import (
@@ -7,10 +7,13 @@ from llama_index.postprocessor.gumbel_rerank.mining import (
     mine_qa_log,
     node_to_candidate,
 )
+from llama_index.postprocessor.gumbel_rerank.qa_log import QALogEventHandler, QALogSpanHandler
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "GumbelRerank",
+    "QALogEventHandler",
+    "QALogSpanHandler",
     "amine_qa_log",
     "candidate_retriever",
     "mine_qa_log",
