@@ -225,6 +225,20 @@ def _add_train_args(p: argparse.ArgumentParser, loss_defaults: dict[str, Any] | 
     p.add_argument(
         "--max-document-tokens", type=_positive_int, default=128, help="reader tokens per document"
     )
+    p.add_argument(
+        "--reader-cache-gb",
+        type=_non_negative_float,
+        default=None,
+        help="reuse the reader's document states across epochs and questions: keep up to this many GiB "
+        "of them in memory on the reader's device (default: off; 2 with --reader-cache-dir)",
+    )
+    p.add_argument(
+        "--reader-cache-dir",
+        type=Path,
+        default=None,
+        help="spill document states beyond --reader-cache-gb to safetensors files here (at most 20 GiB); "
+        "a resumed or later run with the same reader reuses them",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for data order, noise and initialisation")
     p.add_argument(
         "--mixed-precision",
@@ -718,8 +732,21 @@ def _load_reader(args: argparse.Namespace) -> Any:
         device=args.device,
         max_document_tokens=args.max_document_tokens,
         trust_remote_code=args.trust_remote_code,
+        state_cache=_state_cache(args),
         **_hub_kwargs(args),
     )
+
+
+def _state_cache(args: argparse.Namespace) -> Any:
+    """The DocumentStateCache that --reader-cache-gb / --reader-cache-dir ask for, or None."""
+    gb, directory = getattr(args, "reader_cache_gb", None), getattr(args, "reader_cache_dir", None)
+    if directory is None and not gb:
+        return None
+    from gumbel_rag.readers import DocumentStateCache
+    from gumbel_rag.readers.state_cache import DEFAULT_STATE_CACHE_MEMORY_BYTES
+
+    max_bytes = DEFAULT_STATE_CACHE_MEMORY_BYTES if gb is None else int(gb * 2**30)
+    return DocumentStateCache(directory, max_bytes=max_bytes)
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -777,6 +804,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.final_metrics:
         _print_metrics("dev after ", result.final_metrics)
     print(f"{result.steps} steps ({result.skipped_steps} skipped), {result.seconds_per_step:.2f} s/step")
+    if reader is not None and reader.state_cache is not None:
+        reader.state_cache.flush()
+        print(f"reader state cache: {json.dumps(reader.state_cache.stats())}")
     print(f"model: {result.model_dir}\nlogs: {result.log_dir} (tensorboard --logdir {result.log_dir})")
     print(f"curves: {result.curves_png}")
     return 0

@@ -89,6 +89,29 @@ def test_train_then_eval(tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, capsys)
     assert 0.0 <= metrics["recall@2"] <= 1.0 and "mrr" in metrics and "ndcg@5" in metrics
 
 
+def test_train_reuses_reader_states_across_epochs(
+    tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, capsys
+) -> None:
+    write_qalog(generate_multihop(8, seed=5, n_candidates=4), tmp_path / "train.jsonl")
+    cache_dir = tmp_path / "reader_states"
+    args = [
+        "train", "--data", str(tmp_path / "train.jsonl"), "--reranker", str(tiny_bi_encoder_dir),
+        "--reader", str(tiny_reader_dir), "--k", "2", "--batch-size", "2", "--grad-accum", "2",
+        "--max-document-tokens", "16", "--epochs", "2", "--validation-fraction", "0", "--no-progress",
+        "--mixed-precision", "no", "--reader-cache-dir", str(cache_dir),
+    ]  # fmt: skip
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    stats = json.loads(re.search(r"reader state cache: (\{.*\})", capsys.readouterr().out)[1])
+    # Epoch 2 reads every document of epoch 1 back: as many hits as misses, all written to disk at the end.
+    assert stats["misses"] > 0 and stats["hits"] >= stats["misses"]
+    files = sorted(cache_dir.glob("**/*.safetensors"))
+    assert len(files) == stats["disk_entries"] > 0
+    # A later run with the same reader starts from the files: no document is encoded again.
+    assert main([*args, "--output", str(tmp_path / "b")]) == 0
+    again = json.loads(re.search(r"reader state cache: (\{.*\})", capsys.readouterr().out)[1])
+    assert again["misses"] == 0 and again["disk_hits"] > 0
+
+
 def test_train_reports_invalid_rows(tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, capsys) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": 3, "candidates": ["a", "b", "c"]}\n')
