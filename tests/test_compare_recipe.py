@@ -46,6 +46,7 @@ def test_compare_trains_each_method_resumes_and_reports(
     no_noise = next(r for r in rows if r["variant"] == "gumbel-no-noise")
     assert no_noise["settings"]["noise"] is False and no_noise["steps"] == 1
     assert all("answer_f1@5" in r["metrics"] and r["metrics"]["n"] == 4 for r in rows)
+    assert {r["guard"] for r in rows[1:]} == {"default"}
 
     text = report.read_text()
     assert "Hand-written analysis stays." in text and "\nold\n" not in text
@@ -81,9 +82,10 @@ def test_time_budget_stops_before_a_run_that_would_not_fit_and_resumes(
     recipe.main([*args, "--max-minutes", "0"])
     names = [json.loads(line)["name"] for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
     assert names == ["untrained"]
-    recipe.main(args)  # no budget: resumes with what is missing
-    names = [json.loads(line)["name"] for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
-    assert names == ["untrained", "supervised-seed0", "supervised-seed1"]
+    recipe.main([*args, "--no-guard"])  # no budget: resumes with what is missing
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["untrained", "supervised-seed0", "supervised-seed1"]
+    assert [r["guard"] for r in rows[1:]] == ["none", "none"]
 
 
 def test_an_ablation_name_in_methods_runs_only_that_ablation() -> None:

@@ -5,7 +5,9 @@ retrieved_500.json through the default reader (SmolLM2-135M-Instruct), same data
 for every method, and evaluates on dev_distractor_100.json: Recall@k, NDCG@k, MRR, indirect Recall@k, and
 the reader's answer EM/F1 from the reranked top-k. The untrained default is measured next to them.
 G-Rerank's kappa/tau come from training/hotpotqa.py, which tunes them on a split of the *training* data;
-the dev set is never used to choose anything.
+the dev set is never used to choose anything. Every run trains with the shipped do-no-harm guard (a
+validation split of the *training* rows, the best checkpoint, early stopping, half-way interpolation);
+``--no-guard`` trains as the tables made before it did (give it its own ``--output``).
 
 Every finished run is appended to ``OUTPUT/runs.jsonl`` and skipped when the command is run again, so an
 interrupted comparison resumes; several processes may share one ``--output`` when each gets its own
@@ -60,6 +62,16 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+# TrainConfig settings of a run without the do-no-harm guard (the trained weights of the last step).
+NO_GUARD: dict[str, Any] = {
+    "validation_fraction": 0.0,
+    "select_best": False,
+    "early_stopping_patience": None,
+    "interpolation": 1.0,
+    "eval_every": 10**9,
+}
+
+
 def variants(methods: Sequence[str], ablations: bool) -> list[Variant]:
     """The methods (or ablation names) asked for, then (optionally) every G-Rerank ablation."""
     unknown = [m for m in methods if m not in METHODS and m not in ABLATIONS]
@@ -105,6 +117,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "rerun to resume, e.g. across short GPU sessions",
     )
     p.add_argument("--max-document-tokens", type=int, default=128, help="reader tokens per document")
+    p.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="train without the default do-no-harm guard (no validation split or checkpoint selection, "
+        "the trained weights saved as they are): how the tables before issue 17 were made",
+    )
+    p.add_argument(
+        "--reader-cache-gb",
+        type=float,
+        default=0.0,
+        help="reuse the reader's document states in up to this many GiB of memory (0: off; exact either way)",
+    )
     p.add_argument("--reranker", default=None, help="starting reranker (default: all-MiniLM-L6-v2)")
     p.add_argument("--reader", default=None, help="reader (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
@@ -143,7 +167,7 @@ def run_all(args: argparse.Namespace) -> None:
     from gumbel_rag import GumbelReranker
     from gumbel_rag.data import filter_trainable, load_examples
     from gumbel_rag.losses import build_loss
-    from gumbel_rag.readers import load_reader
+    from gumbel_rag.readers import DocumentStateCache, load_reader
     from gumbel_rag.trainer import TrainConfig, train
 
     started = time.perf_counter()
@@ -156,7 +180,10 @@ def run_all(args: argparse.Namespace) -> None:
     dev, _ = load_examples(args.data_dir / "dev_distractor_100.json")
     dev = dev[: args.dev_limit] if args.dev_limit else dev
     answer_set = dev[: args.answer_limit] if args.answer_limit else dev
-    reader = load_reader(args.reader, device=args.device, max_document_tokens=args.max_document_tokens)
+    cache = DocumentStateCache(max_bytes=int(args.reader_cache_gb * 2**30)) if args.reader_cache_gb else None
+    reader = load_reader(
+        args.reader, device=args.device, max_document_tokens=args.max_document_tokens, state_cache=cache
+    )
 
     def record(row: dict[str, Any]) -> None:
         with runs_file.open("a", encoding="utf8") as fh:
@@ -199,9 +226,11 @@ def run_all(args: argparse.Namespace) -> None:
                 gradient_accumulation_steps=1,
                 max_steps=args.max_steps,
                 seed=seed,
-                eval_every=10**9,
                 save_every=10**9,
                 overwrite=True,  # a run that did not finish (not in runs.jsonl) starts again
+                # The shipped guard (validation split of the training rows, best checkpoint, early
+                # stopping, half-way interpolation) unless --no-guard; dev is never the validation set.
+                **(NO_GUARD if args.no_guard else {}),
             )
             start = time.perf_counter()
             result = train(reranker, loss, rows, config)
@@ -216,6 +245,9 @@ def run_all(args: argparse.Namespace) -> None:
                     "train_rows": len(rows),
                     "steps": result.steps,
                     "seconds_per_step": result.seconds_per_step,
+                    "guard": "none" if args.no_guard else "default",
+                    "best_step": result.best_step,
+                    "validation_rows": result.validation_rows,
                     "train_seconds": train_seconds,
                     "metrics": evaluate(reranker, reader, dev, answer_set, args),
                 }
