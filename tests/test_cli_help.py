@@ -56,11 +56,11 @@ def test_help_shows_defaults() -> None:
     train = COMMANDS["train"].format_help()
     assert "(default: 5)" in train and "(default: 2,5)" in train  # --k and the tuple --eval-k
     assert "(default: None)" not in train and "(default: False)" not in train
-    # The demo's own defaults, not train's.
-    assert re.search(
-        r"--k K\s+gumbel: documents the reader sees \(relaxed top-k\)\s+\(default: 2\)",
-        COMMANDS["demo"].format_help(),
-    )
+    # The demo trains with train's defaults, its length and evaluation interval aside.
+    demo = COMMANDS["demo"].format_help()
+    assert re.search(r"--k K\s+gumbel: documents the reader sees \(relaxed top-k\)\s+\(default: 5\)", demo)
+    assert re.search(r"--lr LR\s+peak learning rate.*\(default: 2e-05\)", demo, re.S)
+    assert re.search(r"--eval-every EVAL_EVERY\s+evaluate.*\(default: 10\)", demo, re.S)
 
 
 def _documented_command_lines() -> list[tuple[str, str, str]]:
