@@ -274,12 +274,19 @@ def report(args: argparse.Namespace) -> str:
     for check in sorted({r["check"] for r in runs}):
         rows = [r for r in runs if r["check"] == check]
         base = next(r for r in rows if r["variant"] == "untrained")
-        header = ["variant", "seed", "steps", *(f"in-domain {m}" for m in METRICS[:3]), "OOD R@5", "OOD MRR",
+        header = ["variant", "seed", "steps", "step kept", *(f"in-domain {m}" for m in METRICS[:3]),
+                  "OOD R@5", "OOD MRR",
                   "OOD R@5 - untrained [95% CI]", "OOD MRR - untrained [95% CI]"]  # fmt: skip
         body = []
         for r in sorted(rows, key=lambda r: (r["variant"] != "untrained", r["variant"], r.get("seed", 0))):
             ind, ood = r["per_question"]["in_domain"], r["per_question"]["ood"]
-            cells = [r["variant"], str(r.get("seed", "")), str(r.get("steps", ""))]
+            kept = r.get("best_step")
+            cells = [
+                r["variant"],
+                str(r.get("seed", "")),
+                str(r.get("steps", "")),
+                "" if kept is None else str(kept),
+            ]
             cells += [f"{_mean(ind[m]):.3f}" for m in METRICS[:3]]
             cells += [f"{_mean(ood['recall@5']):.3f}", f"{_mean(ood['mrr']):.3f}"]
             for m in ("recall@5", "mrr"):
