@@ -122,8 +122,8 @@ class TrainConfig:
     set. The model is evaluated on it at step 0 and every ``eval_every`` steps (default: about ten times
     per run); ``select_best`` keeps the weights of the best evaluation (step 0, the starting model,
     included) and ``early_stopping_patience`` stops after that many evaluations without improvement.
-    The score is the mean Recall@k over ``eval_ks`` when every validation row has gold labels, else the
-    reader's answer loss reading the reranker's top k (lower is better).
+    The score is the mean Recall@k over ``eval_ks`` on the validation rows that have gold labels when at
+    least half of them do, else the reader's answer loss reading the reranker's top k (lower is better).
 
     Guards that keep what the starting reranker knows (docs/training.md, "Do no harm"): ``start_decay``
     pulls the weights towards the starting ones after every optimizer step (decoupled L2-SP:
@@ -678,10 +678,14 @@ class _Run:
     def _validation_score(
         self, model: GumbelReranker, rows: Sequence[QAExample], ranked: dict[str, float] | None = None
     ) -> tuple[float | None, dict[str, float]]:
-        """Higher is better: mean Recall@k if all rows have gold, else minus the top-k answer loss."""
+        """Higher is better: mean Recall@k on the labelled rows if at least half have gold, else minus the
+        top-k answer loss (gold, where a log has it, is the sharper signal: the answer loss of a small
+        reader barely moves when the ranking improves)."""
         acc, ks = self.accelerator, self.config.eval_ks
-        if all(ex.gold for ex in rows):
-            metrics = ranked or evaluate_reranker(model, rows, ks=ks, accelerator=acc)
+        labelled = [ex for ex in rows if ex.gold]
+        if labelled and 2 * len(labelled) >= len(rows):
+            # evaluate_reranker scores labelled rows only, so ``ranked`` (of all rows) is the same.
+            metrics = ranked or evaluate_reranker(model, labelled, ks=ks, accelerator=acc)
             return sum(metrics[f"recall@{k}"] for k in ks) / len(ks), metrics
         reader = self.loss.reader
         if reader is None:
