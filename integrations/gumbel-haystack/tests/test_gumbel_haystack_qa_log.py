@@ -1,8 +1,10 @@
 """QALogRecorder in real Haystack pipelines: BM25 retrieval from an InMemoryDocumentStore, GumbelRanker,
 a generator, YAML round trips, async runs, and `gumbel-rag train` on the captured log.
 
-No LLM service runs here, so the generator is a small Haystack component that returns canned replies
-(`CannedChatGenerator` below): the store, retriever, ranker, prompt builder and recorder are the real ones.
+No LLM service runs here. Most tests use a small Haystack component that returns canned replies
+(`CannedChatGenerator` below), so that the answers are known; the store, retriever, ranker, prompt builder
+and recorder are the real ones. One test runs the real `TransformersChatGenerator` (transformers-haystack)
+over a tiny random local causal LM, the path an application serving a local model takes.
 """
 
 from __future__ import annotations
@@ -255,3 +257,34 @@ def test_capture_then_train_eval_and_serve_the_trained_model(
     assert [last.candidates[i].id for i in last.metadata["picked"]] == [
         d.id for d in result["ranker"]["documents"]
     ]
+
+
+def test_a_local_transformers_generator_is_recorded_and_its_log_trains(
+    ranker: GumbelRanker, tiny_reader_dir: Path, tiny_bi_encoder_dir: Path, tmp_path: Path
+) -> None:
+    from haystack_integrations.components.generators.transformers import TransformersChatGenerator
+
+    from gumbel_rag.cli import main
+
+    generator = TransformersChatGenerator(
+        model=str(tiny_reader_dir),
+        task="text-generation",
+        device=ComponentDevice.from_str("cpu"),
+        token=None,
+        # The tiny model has no chat template; a plain one joins the messages.
+        chat_template="{% for m in messages %}{{ m['content'] }}\n{% endfor %}",
+        generation_kwargs={"max_new_tokens": 4, "do_sample": False},
+    )
+    log = tmp_path / "qa.jsonl"
+    pipe = rag_pipeline(QALogRecorder(str(log)), ranker, generator=generator)
+    replies = [pipe.run(inputs(q))["recorder"]["replies"][0].text for q in QUERIES]
+    examples, summary = load_examples(log)
+    assert not summary.skipped and [ex.question for ex in examples] == list(QUERIES)
+    # What the model generated is what the log holds as the answer (random words from a random model).
+    assert [ex.answers for ex in examples] == [[r.strip()] for r in replies] and all(replies)
+    code = main([
+        "train", "--data", str(log), "--reranker", str(tiny_bi_encoder_dir), "--reader", str(tiny_reader_dir),
+        "--k", "2", "--batch-size", "1", "--grad-accum", "1", "--max-document-tokens", "16",
+        "--output", str(tmp_path / "tuned"), "--no-progress", "--mixed-precision", "no",
+    ])  # fmt: skip
+    assert code == 0 and (tmp_path / "tuned" / "model.safetensors").is_file()

@@ -1,8 +1,10 @@
 """QALogEventHandler with real LlamaIndex engines: a VectorStoreIndex over real embeddings, GumbelRerank,
 query and chat engines (sync, async, streaming), then `gumbel-rag train` on the captured log.
 
-No LLM service runs here, so the language model is LlamaIndex's own MockLLM (it answers "text text
-..."): retrieval, reranking, instrumentation and files are real.
+No LLM service runs here. Most tests use LlamaIndex's own MockLLM (it answers "text text ..."), so that
+the answers are known; retrieval, reranking, instrumentation and files are real. One test runs the real
+`HuggingFaceLLM` (llama-index-llms-huggingface) over a tiny random local causal LM, the path an
+application serving a local model takes.
 """
 
 from __future__ import annotations
@@ -208,3 +210,44 @@ def test_capture_then_train_eval_and_serve_the_trained_model(
         n.node.ref_doc_id for n in response.source_nodes
     ]
     assert last.metadata["reranker"] == str(out)
+
+
+def test_a_local_huggingface_llm_is_recorded_and_its_log_trains(
+    index: VectorStoreIndex,
+    rerank: GumbelRerank,
+    handler: QALogEventHandler,
+    queries: dict[str, str],
+    tiny_bi_encoder_dir: Path,
+    tiny_reader_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from llama_index.llms.huggingface import HuggingFaceLLM
+
+    from gumbel_rag.cli import main
+    from gumbel_rag.testing import build_tiny_reader
+
+    # LlamaIndex fits its prompt to the model's positions: give the tiny model room for 4 passages.
+    generator = build_tiny_reader(tmp_path / "generator", max_positions=4096)
+    llm = HuggingFaceLLM(
+        model_name=str(generator),
+        tokenizer_name=str(generator),
+        device_map="cpu",
+        context_window=4096,
+        max_new_tokens=4,
+        generate_kwargs={"do_sample": False},
+        # The tiny model's word-piece tokenizer returns token_type_ids, which a causal LM does not take.
+        tokenizer_outputs_to_remove=["token_type_ids"],
+    )
+    qe = index.as_query_engine(llm=llm, similarity_top_k=4, node_postprocessors=[rerank])
+    answers = [str(qe.query(q)) for q in queries]
+    examples, summary = load_examples(handler.writer.path)
+    assert not summary.skipped and [ex.question for ex in examples] == list(queries)
+    # What the model generated is what the log holds as the answer (random words from a random model).
+    assert [ex.answers for ex in examples] == [[a.strip()] for a in answers] and all(answers)
+    code = main([
+        "train", "--data", str(handler.writer.path), "--reranker", str(tiny_bi_encoder_dir), "--reader",
+        str(tiny_reader_dir), "--k", "2", "--batch-size", "1", "--grad-accum", "1",
+        "--max-document-tokens", "16", "--output", str(tmp_path / "tuned"), "--no-progress",
+        "--mixed-precision", "no",
+    ])  # fmt: skip
+    assert code == 0 and (tmp_path / "tuned" / "model.safetensors").is_file()
