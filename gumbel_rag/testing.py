@@ -7,7 +7,10 @@ their shapes, file layout and code paths are those of the real models.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 __all__ = [
@@ -15,6 +18,7 @@ __all__ = [
     "build_tiny_bi_encoder",
     "build_tiny_cross_encoder",
     "build_tiny_reader",
+    "load_script",
     "max_relative_error",
     "save_default_tokenizer",
     "tiny_bert_config",
@@ -24,6 +28,19 @@ __all__ = [
 # width) agree to a few units in the last place of each operation: 1e-5 relative leaves room for the
 # rounding that accumulates over a transformer forward, and is far below any change that matters.
 FLOAT32_RTOL = 1e-5
+
+
+def load_script(path: str | Path) -> ModuleType:
+    """Import the script at ``path`` as module ``<stem>``, seeing what ``python path`` sees (its folder)."""
+    path = Path(path).resolve()
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # a recipe imports its siblings (do_no_harm.py -> compare.py)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while a class is created
+    spec.loader.exec_module(module)
+    return module
 
 
 def max_relative_error(actual: Any, expected: Any) -> float:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gumbel_rag.testing import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe():
-    sys.path.insert(0, str(ROOT / "training"))  # it imports compare.py from beside itself
-    spec = importlib.util.spec_from_file_location("do_no_harm_recipe", ROOT / "training" / "do_no_harm.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "training" / "do_no_harm.py")
 
 
 def test_every_guard_trains_resumes_and_is_reported(

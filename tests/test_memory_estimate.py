@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from gumbel_rag.testing import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "training" / "memory_estimate.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("memory_estimate", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.mark.slow

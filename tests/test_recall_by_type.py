@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from gumbel_rag.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("recall_by_type", ROOT / "training" / "recall_by_type.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "training" / "recall_by_type.py")
 
 
 def test_shares_of_the_gap_add_up_and_follow_the_misses() -> None:
