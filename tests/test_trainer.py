@@ -16,6 +16,7 @@ from gumbel_rag.data import generate_multihop
 from gumbel_rag.errors import TrainingError
 from gumbel_rag.losses import GumbelRerankLoss, SupervisedListwiseLoss
 from gumbel_rag.readers import load_reader
+from gumbel_rag.testing import interrupted_at
 from gumbel_rag.trainer import TrainConfig, train, trainable_examples
 
 
@@ -111,20 +112,6 @@ def test_same_seed_same_weights(tiny_bi_encoder_dir, loss, data, tmp_path) -> No
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
 
-class _CrashAfter(GumbelRerankLoss):
-    """G-Rerank that raises after N calls, as a killed process would stop."""
-
-    def __init__(self, reader, calls: int) -> None:
-        super().__init__(reader, k=2)
-        self.calls = calls
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        if self.calls == 0:
-            raise KeyboardInterrupt("simulated kill")
-        self.calls -= 1
-        return super().forward(*args, **kwargs)
-
-
 def test_resume_finishes_with_the_uninterrupted_weights(
     tiny_bi_encoder_dir, reader, loss, data, tmp_path
 ) -> None:
@@ -132,7 +119,7 @@ def test_resume_finishes_with_the_uninterrupted_weights(
         GumbelReranker.from_pretrained(tiny_bi_encoder_dir), loss, data[0], _config(tmp_path / "full")
     )
     cfg = _config(tmp_path / "crash", epochs=1)
-    crash_loss = _CrashAfter(reader, calls=4)  # dies in the micro-batch of step 3
+    crash_loss = interrupted_at(GumbelRerankLoss(reader, k=2), call=5)  # dies in the micro-batch of step 3
     with pytest.raises(KeyboardInterrupt):
         train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), crash_loss, data[0], cfg)
     assert (tmp_path / "crash" / "checkpoints" / "step-2").is_dir()

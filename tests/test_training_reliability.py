@@ -22,6 +22,7 @@ from gumbel_rag.data import generate_multihop
 from gumbel_rag.errors import ConfigError, TrainingError
 from gumbel_rag.losses import GumbelRerankLoss, build_loss
 from gumbel_rag.readers import load_reader
+from gumbel_rag.testing import interrupted_at
 from gumbel_rag.trainer import TrainConfig, cap_candidates, train
 
 
@@ -196,24 +197,10 @@ def test_a_run_whose_every_step_was_skipped_fails_unsaved(tiny_bi_encoder_dir, r
 # ----------------------------------------------------------------------------- broken checkpoints
 
 
-class _KilledAt(GumbelRerankLoss):
-    """G-Rerank that stops the process (as a kill would) on its N-th call."""
-
-    def __init__(self, reader, call: int) -> None:
-        super().__init__(reader, k=2)
-        self.call, self.calls = call, 0
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == self.call:
-            raise KeyboardInterrupt("simulated kill")
-        return super().forward(*args, **kwargs)
-
-
 def _killed_run(model_dir: Path, reader, rows, out: Path) -> None:
     """A 6-step run that wrote step-2 and step-4 and was killed during step 5."""
     with pytest.raises(KeyboardInterrupt):
-        _run(model_dir, _KilledAt(reader, call=5), rows, out, save_total_limit=5)
+        _run(model_dir, interrupted_at(GumbelRerankLoss(reader, k=2), call=5), rows, out, save_total_limit=5)
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-2", "step-4"]
 
 

@@ -14,6 +14,7 @@ from gumbel_rag import GumbelReranker
 from gumbel_rag.data import generate_multihop
 from gumbel_rag.losses import GumbelRerankLoss, SupervisedListwiseLoss
 from gumbel_rag.readers import load_reader
+from gumbel_rag.testing import interrupted_at
 from gumbel_rag.trainer import MIN_ROWS_TO_SPLIT, TrainConfig, split_validation, train
 
 
@@ -139,25 +140,14 @@ def test_partly_labelled_validation_uses_recall_on_its_labelled_rows(
         assert summary["best_score"] < 0  # minus the reader's answer loss
 
 
-class _KilledAt(SupervisedListwiseLoss):
-    def __init__(self, call: int) -> None:
-        super().__init__()
-        self.call, self.calls = call, 0
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == self.call:
-            raise KeyboardInterrupt("simulated kill")
-        return super().forward(*args, **kwargs)
-
-
 def test_a_resumed_run_selects_and_stops_like_an_uninterrupted_one(tiny_bi_encoder_dir, tmp_path) -> None:
     rows = generate_multihop(30, seed=9, n_candidates=5)
     settings = dict(eval_every=2, save_every=2, learning_rate=1e-2)
     full = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), SupervisedListwiseLoss(), rows,
                  _config(tmp_path / "full", **settings))  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
-        train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), _KilledAt(call=6), rows,
+        killed = interrupted_at(SupervisedListwiseLoss(), call=6)
+        train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), killed, rows,
               _config(tmp_path / "killed", **settings))  # fmt: skip
     resumed = train(GumbelReranker.from_pretrained(tiny_bi_encoder_dir), SupervisedListwiseLoss(), rows,
                     _config(tmp_path / "killed", resume=True, **settings))  # fmt: skip
