@@ -92,7 +92,7 @@ def test_without_dev_a_validation_split_is_held_out_and_the_best_step_kept(tiny_
     assert [r["step"] for r in validation] == [0, 2, 4, 6, 8, 10, 12, 14]
     best = max(validation, key=lambda r: r["score"])  # the first of equal scores wins, as in training
     assert result.best_step == best["step"] and result.best_score == pytest.approx(best["score"], rel=1e-6)
-    assert all(abs(r["score"] - (r["recall@2"] + r["recall@5"]) / 2) < 1e-9 for r in validation)
+    assert all(abs(r["score"] - (r["ndcg@2"] + r["ndcg@5"]) / 2) < 1e-9 for r in validation)
     # The saved model is the best step's checkpoint, which pruning kept.
     ckpt = tmp_path / "checkpoints" / f"step-{result.best_step}"
     want = load_file(str(ckpt / "model.safetensors"))  # the reranker's state dict at that step
@@ -115,7 +115,7 @@ def test_unlabelled_validation_uses_the_readers_answer_loss(tiny_bi_encoder_dir,
 
 
 @pytest.mark.parametrize(("labelled", "by_recall"), [(3, True), (2, True), (1, False)])
-def test_partly_labelled_validation_uses_recall_on_its_labelled_rows(
+def test_partly_labelled_validation_uses_ndcg_on_its_labelled_rows(
     tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, labelled: int, by_recall: bool
 ) -> None:
     reader = load_reader(str(tiny_reader_dir), device="cpu", max_document_tokens=16)
@@ -134,7 +134,7 @@ def test_partly_labelled_validation_uses_recall_on_its_labelled_rows(
     if by_recall:  # at least half the rows have gold: Recall@k over those rows
         assert all(r["n"] == labelled for r in validation)
         assert summary["best_score"] == pytest.approx(
-            max((r["recall@2"] + r["recall@5"]) / 2 for r in validation), rel=1e-6
+            max((r["ndcg@2"] + r["ndcg@5"]) / 2 for r in validation), rel=1e-6
         )
     else:
         assert summary["best_score"] < 0  # minus the reader's answer loss
