@@ -217,7 +217,9 @@ def _add_train_args(p: argparse.ArgumentParser, eval_every: int | None = None) -
         + (" (default: about 10 times a run)" if eval_every is None else ""),
     )
     p.add_argument("--save-every", type=_positive_int, default=50, help="checkpoint every N steps")
-    p.add_argument("--eval-k", type=_ks, default=(2, 5), help="k values for Recall@k, e.g. 2,5")
+    p.add_argument(
+        "--eval-k", type=_ks, default=(2, 5), help="k for Recall@k, nDCG@k (validation: mean nDCG@k): 2,5"
+    )
     p.add_argument(
         "--max-document-tokens", type=_positive_int, default=128, help="reader tokens per document"
     )
