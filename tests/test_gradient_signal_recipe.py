@@ -47,3 +47,9 @@ def test_runs_on_a_qa_log_with_tiny_models(tiny_bi_encoder_dir, tiny_reader_dir,
     for summary in per_kappa.values():
         assert summary["questions"] == 3 and 0 <= summary["right_direction"] <= 1 and summary["snr"] >= 0
     assert json.loads(out.read_text()) == result
+
+
+def test_one_draw_is_refused_with_the_option_named(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _recipe().parse_args(["--data", "x.jsonl", "--draws", "1"])
+    assert "--draws must be at least 2" in capsys.readouterr().err

@@ -114,9 +114,9 @@ def test_unlabelled_validation_uses_the_readers_answer_loss(tiny_bi_encoder_dir,
     assert all(r["score"] == -r["answer_nll"] and r["answer_nll"] > 0 for r in validation)
 
 
-@pytest.mark.parametrize(("labelled", "by_recall"), [(3, True), (2, True), (1, False)])
+@pytest.mark.parametrize(("labelled", "by_gold"), [(3, True), (2, True), (1, False)])
 def test_partly_labelled_validation_uses_ndcg_on_its_labelled_rows(
-    tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, labelled: int, by_recall: bool
+    tiny_bi_encoder_dir, tiny_reader_dir, tmp_path, labelled: int, by_gold: bool
 ) -> None:
     reader = load_reader(str(tiny_reader_dir), device="cpu", max_document_tokens=16)
     dev = generate_multihop(4, seed=8, n_candidates=4)
@@ -131,7 +131,7 @@ def test_partly_labelled_validation_uses_ndcg_on_its_labelled_rows(
     validation = [r for r in _rows(tmp_path / "logs" / "metrics.jsonl") if r["split"] == "dev"]
     assert [r["step"] for r in validation] == [0, 2]
     summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
-    if by_recall:  # at least half the rows have gold: Recall@k over those rows
+    if by_gold:  # at least half the rows have gold: nDCG@k over those rows
         assert all(r["n"] == labelled for r in validation)
         assert summary["best_score"] == pytest.approx(
             max((r["ndcg@2"] + r["ndcg@5"]) / 2 for r in validation), rel=1e-6

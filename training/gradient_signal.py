@@ -50,7 +50,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--draws", type=int, default=8, help="Gumbel draws per question and kappa")
     p.add_argument("--max-document-tokens", type=int, default=64, help="reader tokens per document")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.draws < 2:
+        p.error(f"--draws must be at least 2 (a spread over draws needs two), got {args.draws}")
+    return args
 
 
 def gold_advantage(descent: Sequence[float], gold: Sequence[int], valid: int) -> float:
