@@ -360,6 +360,9 @@ class _Run:
         set_seed(config.seed)
         if not config.resume:
             self._claim_output()
+        # Every process looks at the directory before the main one writes into it: a slower rank would
+        # otherwise find this run's own logs/ and refuse it as an earlier run's.
+        acc.wait_for_everyone()
         if acc.is_main_process:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -461,7 +464,6 @@ class _Run:
         logger.warning("overwrite: replacing the earlier run in %s (%s)", self.output, ", ".join(found))
         if self.accelerator.is_main_process:
             clear_run_artifacts(self.output)
-        self.accelerator.wait_for_everyone()
 
     def _checkpoint_to_resume(self) -> Path | None:
         """The newest complete checkpoint of this run; refuses another run's, falls back past broken ones."""

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from safetensors.torch import save_file
 
-from gumbel_rag import GumbelReranker, evaluation
+from gumbel_rag import GumbelReranker, evaluation, trainer
 from gumbel_rag.data import generate_multihop
 from gumbel_rag.losses import GumbelRerankLoss
 from gumbel_rag.readers import load_reader
-from gumbel_rag.trainer import TrainConfig, train
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     reranker = GumbelReranker.from_pretrained(reranker_dir, device="cpu")
     reader = load_reader(reader_dir, device="cpu", max_document_tokens=16)
     loss = GumbelRerankLoss(reader, k=2, noise=False)
-    config = TrainConfig(
+    config = trainer.TrainConfig(
         output_dir=output,
         batch_size=int(batch_size),
         gradient_accumulation_steps=1,
@@ -50,8 +50,17 @@ def main() -> None:
         return real_rank(model, share, **kwargs)
 
     evaluation.rank_examples = counting_rank
-    result = train(reranker, loss, examples, config, dev)
-    rank = int(os.environ.get("RANK", "0"))
+    if rank := int(os.environ.get("RANK", "0")):
+        # A loaded machine's slow rank, made certain: it looks at the output directory four seconds after
+        # rank 0 could have written this run's logs/ there (trainer.py waits for every rank first).
+        real_artifacts = trainer.run_artifacts
+
+        def late_artifacts(output):  # type: ignore[no-untyped-def]
+            time.sleep(4.0)
+            return real_artifacts(output)
+
+        trainer.run_artifacts = late_artifacts
+    result = trainer.train(reranker, loss, examples, config, dev)
     weights = {k: v.detach().contiguous() for k, v in reranker.state_dict().items()}
     # Under FSDP each rank holds only shards (DTensors); the saved model directory is what counts there.
     if not any(hasattr(v, "to_local") for v in weights.values()):
