@@ -54,6 +54,9 @@ def test_compare_trains_each_method_resumes_and_reports(
     )
     assert "| gumbel minus | recall@5 | indirect_recall@5 |" in text and "| supervised | " in text
     assert (tmp_path / "results.png").stat().st_size > 1000
+    # Runs that stop early at different steps are reported as a range, not as the first run's count.
+    assert " 1 optimizer steps each" in text
+    assert recipe._spread([126, 42, 84]) == "42-126" and recipe._spread([5, 5]) == "5"
 
     # Another call finds every run done and trains nothing.
     recipe.main(args)

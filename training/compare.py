@@ -26,7 +26,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,6 +377,12 @@ def plot(summary: Summary, path: Path) -> None:
     plt.close(fig)
 
 
+def _spread(values: Iterable[int]) -> str:
+    """One number, or the range where runs differ (early stopping ends runs at different steps)."""
+    seen = sorted(set(values)) or [0]
+    return str(seen[0]) if len(seen) == 1 else f"{seen[0]}-{seen[-1]}"
+
+
 def write_report(args: argparse.Namespace) -> None:
     """Rewrite the table between the markers of --report and the chart at --figure."""
     rows = list(load_done(args.output / "runs.jsonl").values())
@@ -385,8 +391,8 @@ def write_report(args: argparse.Namespace) -> None:
     summary = summarise(rows)
     trained = [r for r in rows if r["variant"] != "untrained"]
     setup = (
-        f"{len(trained)} training runs; {trained[0]['train_rows'] if trained else 0} training rows, "
-        f"{trained[0]['steps'] if trained else 0} optimizer steps each; "
+        f"{len(trained)} training runs; {_spread(r['train_rows'] for r in trained)} training rows, "
+        f"{_spread(r['steps'] for r in trained)} optimizer steps each; "
         f"python {platform.python_version()}. {args.setup_note}".strip()
     )
     block = f"{BEGIN}\n{markdown_table(summary)}\n\n{setup}\n"
