@@ -71,6 +71,13 @@ def test_sweep_scores_every_weight_chooses_on_validation_saves_models_and_resume
     model = GumbelReranker.from_pretrained(str(out / "gumbel-seed0"), device="cpu")
     assert evaluate_reranker(model, dev)["mrr"] == pytest.approx(chosen[1]["metrics"]["mrr"], rel=1e-5)
 
+    # The output is a compare.py output for the bootstrap: every chosen model loads and is scored.
+    results = load_script(ROOT / "training" / "significance.py").main(
+        ["--output", str(out), "--data-dir", str(shared_data / "hotpotqa"), "--dev-limit", "6",
+         "--reranker", str(tiny_bi_encoder_dir), "--device", "cpu", "--resamples", "50"]
+    )  # fmt: skip
+    assert set(results) == {"untrained", "supervised"} and "recall@5" in results["supervised"]
+
     # A second call scores nothing new.
     _sweep().main(sweep_args)
     assert len((out / "sweep.jsonl").read_text().splitlines()) == len(rows)
