@@ -257,6 +257,11 @@ def split_validation(
     return [ex for i, ex in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
+def mean_ndcg(metrics: dict[str, float], ks: Sequence[int]) -> float:
+    """The guard's score of labelled validation rows: mean nDCG@k over ``ks`` (higher is better)."""
+    return sum(metrics[f"ndcg@{k}"] for k in ks) / len(ks)
+
+
 def trainable_examples(
     loss: RerankLoss | Callable[[QAExample], str | None], examples: Sequence[QAExample]
 ) -> tuple[list[QAExample], LoadSummary]:
@@ -694,7 +699,7 @@ class _Run:
         if labelled and 2 * len(labelled) >= len(rows):
             # evaluate_reranker scores labelled rows only, so ``ranked`` (of all rows) is the same.
             metrics = ranked or evaluate_reranker(model, labelled, ks=ks, accelerator=acc)
-            return sum(metrics[f"ndcg@{k}"] for k in ks) / len(ks), metrics
+            return mean_ndcg(metrics, ks), metrics
         reader = self.loss.reader
         if reader is None:
             return None, {}

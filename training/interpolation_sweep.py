@@ -59,12 +59,18 @@ def interpolated(start: dict[str, Any], trained: dict[str, Any], alpha: float) -
     return {name: s + alpha * (trained[name] - s) for name, s in start.items()}
 
 
-def validation_rows(run: dict[str, Any], rows: Sequence[Any], reader: Any) -> list[Any]:
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The TrainConfig the run logged (validation fraction, seed, candidate cap, evaluation ks)."""
+    return json.loads((run_dir / "logs" / "train_config.json").read_text(encoding="utf8"))
+
+
+def validation_rows(
+    run: dict[str, Any], config: dict[str, Any], rows: Sequence[Any], reader: Any
+) -> list[Any]:
     """The run's held-out training rows, rebuilt the way ``gumbel_rag.trainer.train`` drew them."""
     from gumbel_rag.losses import build_loss
     from gumbel_rag.trainer import cap_candidates, split_validation, trainable_examples
 
-    config = json.loads((Path(run["dir"]) / "logs" / "train_config.json").read_text())
     loss = build_loss(run["method"], None if run["method"] == "supervised" else reader, **run["settings"])
     capped, _ = cap_candidates(rows, config["max_candidates"])
     kept, _ = trainable_examples(loss, capped)
@@ -94,18 +100,14 @@ def kept_weights(run_dir: Path, step: int) -> dict[str, Any]:
     return load_file(str(path))
 
 
-def check_rebuilt(name: str, scored: dict[float, float], logged: dict[int, float], best_step: int) -> None:
-    """Stop unless the rebuilt split gives the logged scores at the start and at the kept step."""
-    for alpha, step in ((0.0, 0), (1.0, best_step)):
-        if (
-            alpha in scored
-            and step in logged
-            and abs(scored[alpha] - logged[step]) > 1e-4 * abs(logged[step])
-        ):
-            raise SystemExit(
-                f"{name}: the rebuilt validation split scores {scored[alpha]:.4f} at step {step}, the run "
-                f"logged {logged[step]:.4f}: not the rows the trainer held out (same data options, reader?)"
-            )
+def check_rebuilt(name: str, alpha: float, score: float, logged: dict[int, float], best_step: int) -> None:
+    """Stop unless the rebuilt split gives the logged score at the start (weight 0) and the kept step (1)."""
+    step = {0.0: 0, 1.0: best_step}.get(alpha)
+    if step in logged and abs(score - logged[step]) > 1e-4 * abs(logged[step]):
+        raise SystemExit(
+            f"{name}: the rebuilt validation split scores {score:.4f} at step {step}, the run "
+            f"logged {logged[step]:.4f}: not the rows the trainer held out (same data options, reader?)"
+        )
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -144,34 +146,35 @@ def score_run(run: dict[str, Any], alphas: Sequence[float], ctx: dict[str, Any],
     import torch
 
     from gumbel_rag.evaluation import evaluate_reranker
+    from gumbel_rag.trainer import mean_ndcg
 
-    done = {r["alpha"]: r["validation_score"] for r in read_jsonl(sweep_file) if r["name"] == run["name"]}
-    todo = [a for a in sorted({0.0, *alphas}) if a not in done]
+    rows = {r["alpha"]: r for r in read_jsonl(sweep_file) if r["name"] == run["name"]}
+    todo = [a for a in sorted({0.0, *alphas}) if a not in rows]
     if not todo:
         return
     run_dir = ctx["runs"] / run["name"]
-    held = [ex for ex in validation_rows({**run, "dir": run_dir}, ctx["rows"], ctx["reader"]) if ex.gold]
-    trained, model = kept_weights(run_dir, run["best_step"]), ctx["model"]
+    config = run_config(run_dir)
+    held = [ex for ex in validation_rows(run, config, ctx["rows"], ctx["reader"]) if ex.gold]
+    trained, model, logged = kept_weights(run_dir, run["best_step"]), ctx["model"], logged_validation(run_dir)
     for alpha in todo:
-        if run["best_step"] == 0 and 0.0 in done:
+        if run["best_step"] == 0 and 0.0 in rows:
             # The guard kept the start: every weight is the start, and scores as it does.
-            row = next(r for r in read_jsonl(sweep_file) if r["name"] == run["name"] and r["alpha"] == 0.0)
-            _append(sweep_file, {**row, "alpha": alpha})
+            rows[alpha] = {**rows[0.0], "alpha": alpha}
+            _append(sweep_file, rows[alpha])
             continue
         with torch.no_grad():
             model.load_state_dict(interpolated(ctx["start"], trained, alpha), strict=False)
-        val = evaluate_reranker(model, held, ks=(2, 5))
-        done[alpha] = (val["ndcg@2"] + val["ndcg@5"]) / 2
-        check_rebuilt(run["name"], done, logged_validation(run_dir), run["best_step"])
-        row = {
+        score = mean_ndcg(evaluate_reranker(model, held, ks=config["eval_ks"]), config["eval_ks"])
+        check_rebuilt(run["name"], alpha, score, logged, run["best_step"])
+        rows[alpha] = {
             **{k: run[k] for k in ("name", "variant", "seed", "best_step")},
             "alpha": alpha,
-            "validation_score": done[alpha],
+            "validation_score": score,
             "validation_rows": len(held),
             "dev": evaluate_reranker(model, ctx["dev"], ks=(2, 5)),
         }
-        _append(sweep_file, row)
-        print(f"{run['name']} weight {alpha:g}: validation {done[alpha]:.4f}", flush=True)
+        _append(sweep_file, rows[alpha])
+        print(f"{run['name']} weight {alpha:g}: validation {score:.4f}", flush=True)
 
 
 def save_chosen(run: dict[str, Any], alpha: float, ctx: dict[str, Any], target: Path) -> None:
@@ -197,13 +200,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     from gumbel_rag import GumbelReranker
     from gumbel_rag.data import filter_trainable, load_examples
+    from gumbel_rag.data.files import atomic_write_text
     from gumbel_rag.defaults import DEFAULT_K
     from gumbel_rag.readers import load_reader
 
     alphas = [float(a) for a in args.alphas.split(",")]
     if not all(0.0 <= a <= 1.0 for a in alphas):
         raise SystemExit(f"--alphas: weights must lie in [0, 1], got {args.alphas}")
-    runs = read_jsonl(args.runs / "runs.jsonl")
+    # As compare.py reads it: append-only, a later row of the same name wins.
+    runs = list({r["name"]: r for r in read_jsonl(args.runs / "runs.jsonl")}.values())
     if not runs:
         raise SystemExit(f"--runs: no runs.jsonl with rows in {args.runs}")
     args.output.mkdir(parents=True, exist_ok=True)
@@ -237,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         alpha = choose({a: r["validation_score"] for a, r in by_alpha.items()})
         save_chosen(run, alpha, ctx, args.output / run["name"])
         chosen.append({**run, "alpha": alpha, "metrics": by_alpha[alpha]["dev"]})
-    (args.output / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen), encoding="utf8")
+    atomic_write_text(args.output / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in chosen))
     print(summary_table(sweep))
     for r in chosen:
         if "alpha" in r:
