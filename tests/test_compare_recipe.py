@@ -128,3 +128,38 @@ def test_contrasts_give_the_difference_and_welch_standard_error() -> None:
         "| emdr | +0.020 ± 0.029 (+0.7 SE) |" in table and "| pdist | +0.160 (one seed: no spread) |" in table
     )
     assert recipe.contrasts(summary, reference="missing") == []
+
+
+def test_held_out_distractor_rows_are_seeded_disjoint_and_drawn_from_the_pool_only() -> None:
+    recipe = _recipe()
+    rows = [object() for _ in range(40)]
+    pool = rows[:20]
+    train, held = recipe.held_out_rows(rows, pool, 6, seed=0)
+    assert len(held) == 6 and all(ex in pool for ex in held)
+    assert len(train) == 34 and not {id(ex) for ex in train} & {id(ex) for ex in held}
+    assert [rows.index(ex) for ex in train] == sorted(rows.index(ex) for ex in train)  # order kept
+    assert recipe.held_out_rows(rows, pool, 6, seed=0)[1] == held  # seeded
+    assert recipe.held_out_rows(rows, pool, 6, seed=1)[1] != held  # the seed draws another split
+    with pytest.raises(SystemExit, match=r"--validation-distractor 20: choose 1 to 19 \(of 20 rows\)"):
+        recipe.held_out_rows(rows, pool, 20, seed=0)
+
+
+def test_validation_distractor_guards_every_run_with_the_held_out_rows(
+    shared_data, tiny_bi_encoder_dir, tiny_reader_dir, tmp_path
+) -> None:
+    recipe = _recipe()
+    args = [
+        "--data-dir", str(shared_data / "hotpotqa"), "--output", str(tmp_path / "runs"),
+        "--methods", "supervised", "--seeds", "0", "--no-retrieved", "--no-answers",
+        "--train-limit", "16", "--dev-limit", "4", "--max-steps", "1", "--max-document-tokens", "16",
+        "--batch-size", "2", "--reranker", str(tiny_bi_encoder_dir), "--reader", str(tiny_reader_dir),
+        "--device", "cpu", "--report", str(tmp_path / "r.md"), "--figure", str(tmp_path / "r.png"),
+        "--validation-distractor", "5",
+    ]  # fmt: skip
+    (tmp_path / "r.md").write_text("<!-- compare:begin -->\n<!-- compare:end -->\n")
+    with pytest.raises(SystemExit, match="--no-guard trains without a validation set"):
+        recipe.main([*args, "--no-guard"])
+    recipe.main(args)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
+    run = rows[1]
+    assert run["guard"] == "distractor-5" and run["validation_rows"] == 5 and run["train_rows"] == 11

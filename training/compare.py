@@ -7,7 +7,9 @@ the reader's answer EM/F1 from the reranked top-k. The untrained default is meas
 G-Rerank's kappa/tau come from training/hotpotqa.py, which tunes them on a split of the *training* data;
 the dev set is never used to choose anything. Every run trains with the shipped do-no-harm guard (a
 validation split of the *training* rows, the best checkpoint, early stopping, half-way interpolation);
-``--no-guard`` trains as the tables made before it did (give it its own ``--output``).
+``--no-guard`` trains as the tables made before it did (give it its own ``--output``);
+``--validation-distractor N`` gives the guard N held-out rows of train_distractor_100.json (the format of
+the dev set, so a validation set like the traffic) instead of 10% of all training rows.
 
 Every finished run is appended to ``OUTPUT/runs.jsonl`` and skipped when the command is run again, so an
 interrupted comparison resumes; several processes may share one ``--output`` when each gets its own
@@ -129,6 +131,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="reuse the reader's document states in up to this many GiB of memory (0: off; exact either way)",
     )
+    p.add_argument(
+        "--validation-distractor",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the guard's validation set: N rows of train_distractor_100.json (the dev format), held out "
+        "from training and drawn per seed, instead of 10%% of all training rows",
+    )
     p.add_argument("--reranker", default=None, help="starting reranker (default: all-MiniLM-L6-v2)")
     p.add_argument("--reader", default=None, help="reader (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
@@ -174,6 +184,8 @@ def run_all(args: argparse.Namespace) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     runs_file = args.output / "runs.jsonl"
     train_rows, _ = load_examples(args.data_dir / "train_distractor_100.json")
+    # Object identity, not ids: the guard's held-out rows are drawn from this file's rows only.
+    distractor = {id(ex) for ex in train_rows}
     if not args.no_retrieved:
         train_rows += load_examples(args.data_dir / "retrieved_500.json")[0]
     train_rows = train_rows[: args.train_limit] if args.train_limit else train_rows
@@ -232,8 +244,12 @@ def run_all(args: argparse.Namespace) -> None:
                 # stopping, half-way interpolation) unless --no-guard; dev is never the validation set.
                 **(NO_GUARD if args.no_guard else {}),
             )
+            train_part, held_out = rows, None
+            if args.validation_distractor:
+                pool = [ex for ex in rows if id(ex) in distractor]
+                train_part, held_out = held_out_rows(rows, pool, args.validation_distractor, seed)
             start = time.perf_counter()
-            result = train(reranker, loss, rows, config)
+            result = train(reranker, loss, train_part, config, dev_examples=held_out)
             train_seconds = time.perf_counter() - start
             record(
                 {
@@ -242,10 +258,10 @@ def run_all(args: argparse.Namespace) -> None:
                     "method": variant.method,
                     "seed": seed,
                     "settings": settings,
-                    "train_rows": len(rows),
+                    "train_rows": len(train_part),
                     "steps": result.steps,
                     "seconds_per_step": result.seconds_per_step,
-                    "guard": "none" if args.no_guard else "default",
+                    "guard": guard_name(args),
                     "best_step": result.best_step,
                     "validation_rows": result.validation_rows,
                     "train_seconds": train_seconds,
@@ -253,6 +269,26 @@ def run_all(args: argparse.Namespace) -> None:
                 }
             )
             durations.append(time.perf_counter() - run_start)
+
+
+def held_out_rows(rows: Sequence[Any], pool: Sequence[Any], n: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """(training rows, validation rows): ``n`` rows of ``pool`` (a subset of ``rows``) held out, seeded."""
+    if not 0 < n < len(pool):
+        raise SystemExit(f"--validation-distractor {n}: choose 1 to {len(pool) - 1} (of {len(pool)} rows)")
+    from gumbel_rag.trainer import split_validation
+
+    _, held = split_validation(pool, n / len(pool), seed=seed)
+    if len(held) != n:  # split_validation holds out nothing from very few rows, and at most 200
+        raise SystemExit(f"--validation-distractor {n}: could not hold out {n} of {len(pool)} rows")
+    held_ids = {id(ex) for ex in held}
+    return [ex for ex in rows if id(ex) not in held_ids], held
+
+
+def guard_name(args: argparse.Namespace) -> str:
+    """How a run was guarded, for runs.jsonl: none, the shipped default, or a held-out distractor split."""
+    if args.no_guard:
+        return "none"
+    return f"distractor-{args.validation_distractor}" if args.validation_distractor else "default"
 
 
 def out_of_time(max_minutes: float | None, elapsed_s: float, durations: Sequence[float]) -> bool:
@@ -420,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run what is missing, then write the report."""
     args = parse_args(argv)
     variants(args.methods.split(","), args.ablations)  # refuses unknown names before anything loads
+    if args.no_guard and args.validation_distractor:
+        raise SystemExit("--no-guard trains without a validation set: drop --validation-distractor")
     if not args.report_only:
         run_all(args)
     write_report(args)
