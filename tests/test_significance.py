@@ -64,8 +64,20 @@ def test_script_scores_saved_models_and_names_a_missing_one(
     assert all(r["difference"] == 0.0 for by_metric in results.values() for r in by_metric.values())
     saved = json.loads((tmp_path / "sig.json").read_text())
     assert saved["reference"] == "gumbel" and saved["results"]["emdr"]["recall@5"]["seeds"] == [2, 1]
-    shutil.rmtree(out / "emdr-seed0")
-    with pytest.raises(SystemExit, match="emdr-seed0: no saved model"):
+    # The per-question scores are kept beside runs.jsonl: the test runs again without the models.
+    cached = [json.loads(line) for line in (out / "per_question.jsonl").read_text().splitlines()]
+    assert [c["name"] for c in cached] == ["gumbel-seed0", "gumbel-seed1", "untrained", "emdr-seed0"]
+    assert all(len(c["recall@5"]) == 8 for c in cached)
+    for name in ("gumbel-seed0", "gumbel-seed1", "emdr-seed0"):
+        shutil.rmtree(out / name)
+    assert sig.main(args) == results
+    # A run trained again (a later row of its name) does not reuse the old run's scores.
+    with (out / "runs.jsonl").open("a") as fh:
+        fh.write(json.dumps({"name": "emdr-seed0", "variant": "emdr", "steps": 2}) + "\n")
+    with pytest.raises(SystemExit, match="emdr-seed0: no saved model and no scores of this run"):
         sig.main(args)
+    # Nor does another set of dev questions.
+    with pytest.raises(SystemExit, match="gumbel-seed0: no saved model"):
+        sig.main([*args, "--dev-limit", "6", "--against", "untrained"])
     with pytest.raises(SystemExit, match="--against: pdist not in"):
         sig.main([*args, "--against", "pdist"])

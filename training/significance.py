@@ -10,11 +10,17 @@ is not ahead (a one-sided p-value).
 
     python training/significance.py --output runs/compare-cpu --data-dir ../shared/data/hotpotqa \\
         --json docs/results/significance_cpu.json
+
+Each model's per-question scores are kept in ``OUTPUT/per_question.jsonl``, keyed by its runs.jsonl row
+and the dev questions, so that a comparison finished in a later sitting (or on another machine) can be
+tested with ``runs.jsonl`` and ``per_question.jsonl`` alone, after the models are gone; a run trained
+again (a new row) or another dev set never reuses an old entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,24 +105,61 @@ def variant_models(output: Path) -> dict[str, list[str]]:
     return runs
 
 
+def score_key(run_row: dict[str, Any], dev_key: str, reranker: str | None) -> str:
+    """What a run's per-question scores depend on: its runs.jsonl row, the dev questions, the start model."""
+    blob = json.dumps({"row": run_row, "dev": dev_key, "reranker": reranker}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf8")).hexdigest()
+
+
+def read_scores(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """key -> per-question arrays from ``per_question.jsonl`` (JSON null for NaN); {} without the file."""
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["key"]] = {m: np.array(row[m], dtype=float) for m in METRICS}
+    return out
+
+
+def append_scores(path: Path, name: str, key: str, scores: dict[str, np.ndarray]) -> None:
+    """Add one run's per-question arrays to ``per_question.jsonl`` (NaN written as null)."""
+    lists = {m: [None if np.isnan(v) else float(v) for v in scores[m]] for m in METRICS}
+    with path.open("a", encoding="utf8") as fh:
+        fh.write(json.dumps({"name": name, "key": key, **lists}) + "\n")
+
+
 def score_variants(args: argparse.Namespace, names: dict[str, list[str]]) -> dict[str, dict[str, np.ndarray]]:
-    """(seeds, questions) arrays of each metric for every variant, from its saved models."""
+    """(seeds, questions) arrays of each metric per variant, from ``per_question.jsonl`` or the models."""
+    from compare import load_done
     from tqdm.auto import tqdm
 
     from gumbel_rag import GumbelReranker
     from gumbel_rag.data import load_examples
 
-    dev, _ = load_examples(args.data_dir / "dev_distractor_100.json")
+    dev_file = args.data_dir / "dev_distractor_100.json"
+    dev, _ = load_examples(dev_file)
     dev = [ex for ex in (dev[: args.dev_limit] if args.dev_limit else dev) if ex.gold]
+    dev_key = f"{hashlib.sha256(dev_file.read_bytes()).hexdigest()}:{args.dev_limit}"
+    run_rows, cache_file = load_done(args.output / "runs.jsonl"), args.output / "per_question.jsonl"
+    cached = read_scores(cache_file)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for variant, runs in tqdm(names.items(), desc="variants"):
         rows = []
         for run in runs:
-            path = args.reranker if run == "untrained" else str(args.output / run)
-            if run != "untrained" and not (args.output / run / "model.safetensors").exists():
-                raise SystemExit(f"{args.output / run}: no saved model (was the run moved or deleted?)")
-            model = GumbelReranker.from_pretrained(path, device=args.device).eval()
-            rows.append(per_question(model, dev))
+            key = score_key(run_rows[run], dev_key, args.reranker)
+            if key not in cached:
+                path = args.reranker if run == "untrained" else str(args.output / run)
+                if run != "untrained" and not (args.output / run / "model.safetensors").exists():
+                    raise SystemExit(
+                        f"{args.output / run}: no saved model and no scores of this run in "
+                        f"{cache_file} (was the run moved or deleted?)"
+                    )
+                model = GumbelReranker.from_pretrained(path, device=args.device).eval()
+                cached[key] = per_question(model, dev)
+                append_scores(cache_file, run, key, cached[key])
+            rows.append(cached[key])
         scores[variant] = {m: np.stack([r[m] for r in rows]) for m in METRICS}
     return scores
 
