@@ -93,6 +93,40 @@ def test_sweep_scores_every_weight_chooses_on_validation_saves_models_and_resume
         _sweep().main([*common, "--runs", str(runs), "--output", str(tmp_path / "again")])
 
 
+def test_sweep_rebuilds_the_held_out_distractor_rows_of_a_validation_distractor_run(
+    shared_data, tiny_bi_encoder_dir, tiny_reader_dir, tmp_path
+) -> None:
+    common = [
+        "--data-dir", str(shared_data / "hotpotqa"), "--no-retrieved", "--train-limit", "24",
+        "--dev-limit", "6", "--max-document-tokens", "16", "--reranker", str(tiny_bi_encoder_dir),
+        "--reader", str(tiny_reader_dir), "--device", "cpu",
+    ]  # fmt: skip
+    runs = tmp_path / "runs"
+    load_script(ROOT / "training" / "compare.py").main(
+        [*common, "--output", str(runs), "--methods", "gumbel", "--seeds", "1", "--no-answers",
+         "--max-steps", "2", "--batch-size", "2", "--validation-distractor", "6",
+         "--report", str(tmp_path / "r.md"), "--figure", str(tmp_path / "r.png")]
+    )  # fmt: skip
+    chosen = _sweep().main(
+        [*common, "--runs", str(runs), "--output", str(tmp_path / "sweep"), "--alphas", "1"]
+    )
+    # The rebuilt rows gave the scores the run logged for its held-out rows (else the sweep stops).
+    rows = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text().splitlines()]
+    assert {r["validation_rows"] for r in rows} == {6} and chosen[1]["guard"] == "distractor-6"
+    log = runs / "gumbel-seed1" / "logs" / "metrics.jsonl"
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    start = next(r for r in logged if r.get("split") == "dev" and r["step"] == 0)
+    expected = (start["ndcg@2"] + start["ndcg@5"]) / 2  # the guard's score of its dev set
+    assert rows[0]["alpha"] == 0.0 and rows[0]["validation_score"] == pytest.approx(expected, rel=1e-6)
+    # The check runs on these rows too: a logged score the rebuilt rows do not give stops the sweep.
+    for line in logged:
+        if line.get("split") == "dev" and line["step"] == 0:
+            line["ndcg@5"] += 0.5
+    log.write_text("".join(json.dumps(line) + "\n" for line in logged))
+    with pytest.raises(SystemExit, match="gumbel-seed1: the rebuilt validation split"):
+        _sweep().main([*common, "--runs", str(runs), "--output", str(tmp_path / "again")])
+
+
 def test_bad_weights_and_an_empty_runs_folder_are_refused(tmp_path) -> None:
     with pytest.raises(SystemExit, match="--alphas"):
         _sweep().main(["--runs", str(tmp_path), "--output", str(tmp_path / "o"), "--alphas", "0.5,2"])

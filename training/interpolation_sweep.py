@@ -65,9 +65,19 @@ def run_config(run_dir: Path) -> dict[str, Any]:
 
 
 def validation_rows(
-    run: dict[str, Any], config: dict[str, Any], rows: Sequence[Any], reader: Any
+    run: dict[str, Any], config: dict[str, Any], rows: Sequence[Any], reader: Any, distractor: set[int]
 ) -> list[Any]:
-    """The run's held-out training rows, rebuilt the way ``gumbel_rag.trainer.train`` drew them."""
+    """The run's held-out training rows, rebuilt the way ``gumbel_rag.trainer.train`` drew them.
+
+    A run of ``compare.py --validation-distractor N`` (guard ``distractor-N``) held out N rows of
+    train_distractor_100.json before training; ``distractor`` holds those rows' object ids.
+    """
+    guard = run.get("guard", "default")
+    if guard.startswith("distractor-"):
+        from compare import held_out_rows  # training/compare.py, beside this script
+
+        pool = [ex for ex in rows if id(ex) in distractor]
+        return held_out_rows(rows, pool, int(guard.removeprefix("distractor-")), config["seed"])[1]
     from gumbel_rag.losses import build_loss
     from gumbel_rag.trainer import cap_candidates, split_validation, trainable_examples
 
@@ -131,13 +141,22 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def logged_validation(run_dir: Path) -> dict[int, float]:
-    """step -> the guard's validation score, from the run's metrics.jsonl."""
+def logged_validation(run_dir: Path, ks: Sequence[int], split: str = "validation") -> dict[int, float]:
+    """step -> the guard's validation score, from the run's metrics.jsonl (``split``: the rows' log name).
+
+    A dev set that served as the validation set is logged without the score: it is the mean nDCG@k.
+    """
+    from gumbel_rag.trainer import mean_ndcg
+
     out = {}
     for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
-        if row.get("split") == "validation" and row.get("score") is not None:
+        if row.get("split") != split:
+            continue
+        if row.get("score") is not None:
             out[row["step"]] = row["score"]
+        elif all(f"ndcg@{k}" in row for k in ks):
+            out[row["step"]] = mean_ndcg(row, ks)
     return out
 
 
@@ -154,8 +173,16 @@ def score_run(run: dict[str, Any], alphas: Sequence[float], ctx: dict[str, Any],
         return
     run_dir = ctx["runs"] / run["name"]
     config = run_config(run_dir)
-    held = [ex for ex in validation_rows(run, config, ctx["rows"], ctx["reader"]) if ex.gold]
-    trained, model, logged = kept_weights(run_dir, run["best_step"]), ctx["model"], logged_validation(run_dir)
+    held = [
+        ex for ex in validation_rows(run, config, ctx["rows"], ctx["reader"], ctx["distractor"]) if ex.gold
+    ]
+    # Rows held out before training reach the trainer as its dev set, and are logged under that name.
+    split = "dev" if run.get("guard", "default").startswith("distractor-") else "validation"
+    trained, model, logged = (
+        kept_weights(run_dir, run["best_step"]),
+        ctx["model"],
+        logged_validation(run_dir, config["eval_ks"], split),
+    )
     for alpha in todo:
         if run["best_step"] == 0 and 0.0 in rows:
             # The guard kept the start: every weight is the start, and scores as it does.
@@ -214,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args.output.mkdir(parents=True, exist_ok=True)
     sweep_file = args.output / "sweep.jsonl"
     train_rows = load_examples(args.data_dir / "train_distractor_100.json")[0]
+    distractor = {id(ex) for ex in train_rows}
     if not args.no_retrieved:
         train_rows += load_examples(args.data_dir / "retrieved_500.json")[0]
     train_rows = train_rows[: args.train_limit] if args.train_limit else train_rows
@@ -221,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     ctx = {
         "runs": args.runs,
         "rows": filter_trainable(train_rows, DEFAULT_K)[0],  # compare.py's rule for every method
+        "distractor": distractor,
         "dev": load_examples(args.data_dir / "dev_distractor_100.json")[0][: args.dev_limit],
         "reader": load_reader(args.reader, device=args.device, max_document_tokens=args.max_document_tokens),
         "model": model,
