@@ -172,10 +172,28 @@ def evaluate(reranker: Any, reader: Any, dev: list, answer_set: list, args: argp
     return metrics
 
 
+def training_rows(
+    data_dir: Path, no_retrieved: bool, train_limit: int | None, k: int
+) -> tuple[list[Any], set[int]]:
+    """The rows every method trains on (more than ``k`` candidates), and which are train_distractor_100's.
+
+    The second item holds the object ids of the train_distractor_100.json rows: the pool that
+    ``--validation-distractor`` draws from (identity, not question ids, so nothing can collide).
+    """
+    from gumbel_rag.data import filter_trainable, load_examples
+
+    rows, _ = load_examples(data_dir / "train_distractor_100.json")
+    distractor = {id(ex) for ex in rows}
+    if not no_retrieved:
+        rows += load_examples(data_dir / "retrieved_500.json")[0]
+    rows = rows[:train_limit] if train_limit else rows
+    return filter_trainable(rows, k)[0], distractor
+
+
 def run_all(args: argparse.Namespace) -> None:
     """Train and evaluate every (variant, seed) not yet in runs.jsonl."""
     from gumbel_rag import GumbelReranker
-    from gumbel_rag.data import filter_trainable, load_examples
+    from gumbel_rag.data import load_examples
     from gumbel_rag.losses import build_loss
     from gumbel_rag.readers import DocumentStateCache, load_reader
     from gumbel_rag.trainer import TrainConfig, train
@@ -183,12 +201,8 @@ def run_all(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
     runs_file = args.output / "runs.jsonl"
-    train_rows, _ = load_examples(args.data_dir / "train_distractor_100.json")
-    # Object identity, not ids: the guard's held-out rows are drawn from this file's rows only.
-    distractor = {id(ex) for ex in train_rows}
-    if not args.no_retrieved:
-        train_rows += load_examples(args.data_dir / "retrieved_500.json")[0]
-    train_rows = train_rows[: args.train_limit] if args.train_limit else train_rows
+    # Every method sees the same rows: those with more than k candidates (k of the default G-Rerank).
+    rows, distractor = training_rows(args.data_dir, args.no_retrieved, args.train_limit, args.k)
     dev, _ = load_examples(args.data_dir / "dev_distractor_100.json")
     dev = dev[: args.dev_limit] if args.dev_limit else dev
     answer_set = dev[: args.answer_limit] if args.answer_limit else dev
@@ -218,8 +232,6 @@ def run_all(args: argparse.Namespace) -> None:
         settings = {}
         if variant.method == "gumbel":
             settings = {"k": args.k, "kappa": args.kappa, "tau": args.tau, **variant.overrides}
-        # Every method sees the same rows: those with at least k candidates (k of the default G-Rerank).
-        rows, _ = filter_trainable(train_rows, args.k)
         for seed in seeds:
             name = f"{variant.name}-seed{seed}"
             # Re-read: several processes may share one output (give each its own --methods).

@@ -225,8 +225,10 @@ def save_chosen(run: dict[str, Any], alpha: float, ctx: dict[str, Any], target: 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Score every (run, weight), choose per run on validation, save the chosen models; their rows."""
     args = parse_args(argv)
+    from compare import training_rows  # training/compare.py, beside this script
+
     from gumbel_rag import GumbelReranker
-    from gumbel_rag.data import filter_trainable, load_examples
+    from gumbel_rag.data import load_examples
     from gumbel_rag.data.files import atomic_write_text
     from gumbel_rag.defaults import DEFAULT_K
     from gumbel_rag.readers import load_reader
@@ -240,15 +242,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"--runs: no runs.jsonl with rows in {args.runs}")
     args.output.mkdir(parents=True, exist_ok=True)
     sweep_file = args.output / "sweep.jsonl"
-    train_rows = load_examples(args.data_dir / "train_distractor_100.json")[0]
-    distractor = {id(ex) for ex in train_rows}
-    if not args.no_retrieved:
-        train_rows += load_examples(args.data_dir / "retrieved_500.json")[0]
-    train_rows = train_rows[: args.train_limit] if args.train_limit else train_rows
+    rows, distractor = training_rows(args.data_dir, args.no_retrieved, args.train_limit, DEFAULT_K)
     model = GumbelReranker.from_pretrained(args.reranker, device=args.device)
     ctx = {
         "runs": args.runs,
-        "rows": filter_trainable(train_rows, DEFAULT_K)[0],  # compare.py's rule for every method
+        "rows": rows,
         "distractor": distractor,
         "dev": load_examples(args.data_dir / "dev_distractor_100.json")[0][: args.dev_limit],
         "reader": load_reader(args.reader, device=args.device, max_document_tokens=args.max_document_tokens),
