@@ -49,3 +49,78 @@ def test_runs_on_hotpotqa_files(shared_data, tiny_bi_encoder_dir, tmp_path) -> N
     for key in ("recall@2", "recall@5", "mrr", "indirect_recall@5"):
         assert result["evaluate_on"]["0.0"][key] == pytest.approx(plain[key], rel=1e-6)
     assert json.loads(out.read_text()) == result
+
+
+def test_two_round_scores_rank_as_the_rule_and_train_both_rounds() -> None:
+    import torch
+
+    recipe = _recipe()
+    gen = torch.Generator().manual_seed(0)
+    first = torch.randn(3, 6, generator=gen, requires_grad=True)
+    second = torch.randn(3, 6, generator=gen, requires_grad=True)
+    valid = torch.ones(3, 6, dtype=torch.bool)
+    valid[2, 4:] = False  # a shorter list, padded
+    scores = recipe.two_round_scores(first, second, valid, 0.3)
+    for b in range(3):
+        n = int(valid[b].sum())
+        got = sorted(range(n), key=lambda i, b=b: -scores[b, i].item())
+        assert got == recipe.second_round_ranking(first[b, :n].tolist(), second[b, :n].tolist(), 0.3)
+    scores[valid].sum().backward()
+    assert first.grad is not None and second.grad is not None
+    assert first.grad.abs().sum() > 0 and second.grad.abs().sum() > 0
+
+
+def test_two_round_reranker_ranks_as_the_untrained_experiment_and_forward_agrees(tiny_bi_encoder_dir) -> None:
+    import torch
+
+    recipe = _recipe()
+    plain = GumbelReranker.from_pretrained(str(tiny_bi_encoder_dir)).eval()
+    two = recipe.TwoRoundReranker.from_pretrained(str(tiny_bi_encoder_dir)).eval()
+    two.weight = 0.4
+    queries = ["who wrote the novel", "which river is longer"]
+    docs = [["a novel by Ann", "Ann was born in Oslo", "rivers", "a poem"], ["the Nile", "the Amazon", "x"]]
+    first = plain.score_batch(queries, docs)
+    second = plain.score_batch([f"{q} {d[max(range(len(s)), key=s.__getitem__)]}" for q, d, s in
+                                zip(queries, docs, first, strict=True)], docs)  # fmt: skip
+    for scores, f, s in zip(two.score_batch(queries, docs), first, second, strict=True):
+        assert sorted(range(len(scores)), key=lambda i, s=scores: -s[i]) == recipe.second_round_ranking(
+            f, s, 0.4
+        )
+    with torch.no_grad():
+        forward, valid = two(queries, docs)
+    for b, scores in enumerate(two.score_batch(queries, docs)):
+        torch.testing.assert_close(forward[b, : len(scores)], torch.tensor(scores), rtol=1e-4, atol=1e-4)
+    assert valid.tolist()[1] == [True, True, True, False]
+
+
+def test_trained_second_round_writes_compare_rows_the_bootstrap_reads(
+    shared_data, tiny_bi_encoder_dir, tiny_reader_dir, tmp_path
+) -> None:
+    common = [
+        "--data-dir", str(shared_data / "hotpotqa"), "--no-retrieved", "--train-limit", "24",
+        "--dev-limit", "6", "--max-document-tokens", "16", "--reranker", str(tiny_bi_encoder_dir),
+        "--reader", str(tiny_reader_dir), "--device", "cpu", "--max-steps", "2", "--batch-size", "2",
+        "--validation-distractor", "6", "--seeds", "0", "--output", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    load_script(ROOT / "training" / "compare.py").main(
+        [*common, "--methods", "gumbel", "--no-answers", "--report", str(tmp_path / "r.md"),
+         "--figure", str(tmp_path / "r.png")]
+    )  # fmt: skip
+    trained = load_script(ROOT / "training" / "second_round_trained.py")
+    (row,) = trained.main([*common, "--weights", "0", "0.5"])
+    assert row["name"] == "gumbel-2round-seed0" and row["second_round_weight"] in (0.0, 0.5)
+    assert row["guard"] == "distractor-6" and row["validation_rows"] == 6 and row["steps"] == 2
+    assert row["metrics"] == row["dev_by_weight"][str(row["second_round_weight"])]
+    assert trained.main([*common, "--weights", "0", "0.5"]) == []  # done: a rerun trains nothing
+    # The bootstrap reads the two-round scores this script wrote, next to the plain G-Rerank run's.
+    sig_args = [
+        "--output", str(tmp_path / "runs"), "--data-dir", str(shared_data / "hotpotqa"), "--dev-limit", "6",
+        "--reranker", str(tiny_bi_encoder_dir), "--device", "cpu", "--resamples", "50",
+        "--reference", "gumbel-2round", "--against", "gumbel,untrained",
+    ]  # fmt: skip
+    significance = load_script(ROOT / "training" / "significance.py")
+    assert set(significance.main(sig_args)) == {"gumbel", "untrained"}
+    # Without them it refuses to score the saved weights as a plain reranker.
+    (tmp_path / "runs" / "per_question.jsonl").unlink()
+    with pytest.raises(SystemExit, match="gumbel-2round-seed0: its scores come from training/second_round"):
+        significance.main(sig_args)

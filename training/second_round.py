@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gumbel_rag import GumbelReranker
 from gumbel_rag.data import load_examples
 from gumbel_rag.data.files import write_json
@@ -53,6 +55,58 @@ def second_round_ranking(first: Sequence[float], second: Sequence[float], weight
     top = _top(first)
     mixed = {i: (1 - weight) * first[i] + weight * second[i] for i in range(len(first)) if i != top}
     return [top, *sorted(mixed, key=lambda i: -mixed[i])]
+
+
+def two_round_scores(
+    first: torch.Tensor, second: torch.Tensor, valid: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """(B, N) scores that rank as :func:`second_round_ranking` does, differentiable in both rounds' scores.
+
+    The rest get ``(1 - w) s1 + w s2``; the first round's top (chosen without grad) gets the best of
+    those plus 1, so it stays first and its gradient still reaches both rounds. ``valid`` marks real
+    candidates; padding is ignored.
+    """
+    lowest = torch.finfo(first.dtype).min
+    top = first.detach().masked_fill(~valid, lowest).argmax(-1, keepdim=True)
+    mixed = first + weight * (second - first)
+    ceiling = mixed.detach().masked_fill(~valid, lowest).max(-1, keepdim=True).values
+    return mixed.scatter_add(1, top, ceiling - mixed.detach().gather(1, top) + 1.0)
+
+
+class TwoRoundReranker(GumbelReranker):
+    """A reranker that ranks in two rounds: its first pick, then the rest against the question + that pick.
+
+    ``weight`` mixes the rounds (0: the plain reranker). ``forward`` returns the two-round scores with
+    grad, so that the relaxed top-k trains both rounds; ``score_batch`` (evaluation, the trainer's
+    guard) ranks the same way. The saved model is a plain reranker directory: load it with this class
+    and set ``weight`` to rank in two rounds again.
+    """
+
+    weight: float = 0.5
+
+    def forward(
+        self, queries: Sequence[str], documents: Sequence[Sequence[str]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two-round scores (B, N) with grad, and the mask of real candidates."""
+        first, valid = super().forward(queries, documents)
+        top = first.detach().masked_fill(~valid, torch.finfo(first.dtype).min).argmax(-1).tolist()
+        picks = [f"{q} {docs[t]}" if docs else q for q, docs, t in zip(queries, documents, top, strict=True)]
+        second, _ = super().forward(picks, documents)
+        return two_round_scores(first, second, valid, self.weight), valid
+
+    def score_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Two-round scores of each query's documents (no grad)."""
+        first = super().score_batch(queries, documents)
+        picks = [f"{q} {d[_top(s)]}" if d else q for q, d, s in zip(queries, documents, first, strict=True)]
+        second = super().score_batch(picks, documents)
+        out = []
+        for f, s in zip(first, second, strict=True):
+            if not f:
+                out.append([])
+                continue
+            valid = torch.ones(1, len(f), dtype=torch.bool)
+            out.append(two_round_scores(torch.tensor([f]), torch.tensor([s]), valid, self.weight)[0].tolist())
+        return out
 
 
 def round_scores(

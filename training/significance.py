@@ -111,6 +111,11 @@ def score_key(run_row: dict[str, Any], dev_key: str, reranker: str | None) -> st
     return hashlib.sha256(blob.encode("utf8")).hexdigest()
 
 
+def dev_key(dev_file: Path, dev_limit: int | None) -> str:
+    """Which dev questions were scored: the dev file's content hash and the question limit."""
+    return f"{hashlib.sha256(dev_file.read_bytes()).hexdigest()}:{dev_limit}"
+
+
 def read_scores(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """key -> per-question arrays from ``per_question.jsonl`` (JSON null for NaN); {} without the file."""
     if not path.exists():
@@ -141,14 +146,20 @@ def score_variants(args: argparse.Namespace, names: dict[str, list[str]]) -> dic
     dev_file = args.data_dir / "dev_distractor_100.json"
     dev, _ = load_examples(dev_file)
     dev = [ex for ex in (dev[: args.dev_limit] if args.dev_limit else dev) if ex.gold]
-    dev_key = f"{hashlib.sha256(dev_file.read_bytes()).hexdigest()}:{args.dev_limit}"
+    questions = dev_key(dev_file, args.dev_limit)
     run_rows, cache_file = load_done(args.output / "runs.jsonl"), args.output / "per_question.jsonl"
     cached = read_scores(cache_file)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for variant, runs in tqdm(names.items(), desc="variants"):
         rows = []
         for run in runs:
-            key = score_key(run_rows[run], dev_key, args.reranker)
+            key = score_key(run_rows[run], questions, args.reranker)
+            if key not in cached and run_rows[run].get("scored_by"):
+                # Such a model ranks in its own way (a second round, say): its saved weights alone would
+                # be scored as a plain reranker, so only the scores its script wrote are used.
+                raise SystemExit(
+                    f"{run}: its scores come from {run_rows[run]['scored_by']} and are not in {cache_file}"
+                )
             if key not in cached:
                 path = args.reranker if run == "untrained" else str(args.output / run)
                 if run != "untrained" and not (args.output / run / "model.safetensors").exists():
