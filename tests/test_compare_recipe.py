@@ -133,15 +133,15 @@ def test_contrasts_give_the_difference_and_welch_standard_error() -> None:
 def test_held_out_distractor_rows_are_seeded_disjoint_and_drawn_from_the_pool_only() -> None:
     recipe = _recipe()
     rows = [object() for _ in range(40)]
-    pool = rows[:20]
-    train, held = recipe.held_out_rows(rows, pool, 6, seed=0)
+    pool, ids = rows[:20], {id(ex) for ex in rows[:20]}
+    train, held = recipe.held_out_rows(rows, ids, 6, seed=0)
     assert len(held) == 6 and all(ex in pool for ex in held)
     assert len(train) == 34 and not {id(ex) for ex in train} & {id(ex) for ex in held}
     assert [rows.index(ex) for ex in train] == sorted(rows.index(ex) for ex in train)  # order kept
-    assert recipe.held_out_rows(rows, pool, 6, seed=0)[1] == held  # seeded
-    assert recipe.held_out_rows(rows, pool, 6, seed=1)[1] != held  # the seed draws another split
+    assert recipe.held_out_rows(rows, ids, 6, seed=0)[1] == held  # seeded
+    assert recipe.held_out_rows(rows, ids, 6, seed=1)[1] != held  # the seed draws another split
     with pytest.raises(SystemExit, match=r"--validation-distractor 20: choose 1 to 19 \(of 20 rows\)"):
-        recipe.held_out_rows(rows, pool, 20, seed=0)
+        recipe.held_out_rows(rows, ids, 20, seed=0)
 
 
 def test_validation_distractor_guards_every_run_with_the_held_out_rows(

@@ -196,7 +196,7 @@ def run_all(args: argparse.Namespace) -> None:
     from gumbel_rag.data import load_examples
     from gumbel_rag.losses import build_loss
     from gumbel_rag.readers import DocumentStateCache, load_reader
-    from gumbel_rag.trainer import TrainConfig, train
+    from gumbel_rag.trainer import train
 
     started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -243,23 +243,10 @@ def run_all(args: argparse.Namespace) -> None:
             run_start = time.perf_counter()
             reranker = GumbelReranker.from_pretrained(args.reranker, device=args.device)
             loss = build_loss(variant.method, reader if variant.method != "supervised" else None, **settings)
-            config = TrainConfig(
-                output_dir=str(args.output / name),
-                learning_rate=args.lr,
-                batch_size=args.batch_size,
-                gradient_accumulation_steps=1,
-                max_steps=args.max_steps,
-                seed=seed,
-                save_every=10**9,
-                overwrite=True,  # a run that did not finish (not in runs.jsonl) starts again
-                # The shipped guard (validation split of the training rows, best checkpoint, early
-                # stopping, half-way interpolation) unless --no-guard; dev is never the validation set.
-                **(NO_GUARD if args.no_guard else {}),
-            )
+            config = run_config(args, name, seed)
             train_part, held_out = rows, None
             if args.validation_distractor:
-                pool = [ex for ex in rows if id(ex) in distractor]
-                train_part, held_out = held_out_rows(rows, pool, args.validation_distractor, seed)
+                train_part, held_out = held_out_rows(rows, distractor, args.validation_distractor, seed)
             start = time.perf_counter()
             result = train(reranker, loss, train_part, config, dev_examples=held_out)
             train_seconds = time.perf_counter() - start
@@ -283,8 +270,32 @@ def run_all(args: argparse.Namespace) -> None:
             durations.append(time.perf_counter() - run_start)
 
 
-def held_out_rows(rows: Sequence[Any], pool: Sequence[Any], n: int, seed: int) -> tuple[list[Any], list[Any]]:
-    """(training rows, validation rows): ``n`` rows of ``pool`` (a subset of ``rows``) held out, seeded."""
+def run_config(args: argparse.Namespace, name: str, seed: int) -> Any:
+    """The TrainConfig of one run: the same optimisation for every method, into ``OUTPUT/name``.
+
+    The shipped guard (validation split of the training rows, best checkpoint, early stopping, half-way
+    interpolation) unless ``--no-guard``; dev is never the validation set.
+    """
+    from gumbel_rag.trainer import TrainConfig
+
+    return TrainConfig(
+        output_dir=str(args.output / name),
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=args.max_steps,
+        seed=seed,
+        save_every=10**9,
+        overwrite=True,  # a run that did not finish (not in runs.jsonl) starts again
+        **(NO_GUARD if getattr(args, "no_guard", False) else {}),
+    )
+
+
+def held_out_rows(
+    rows: Sequence[Any], distractor: set[int], n: int, seed: int
+) -> tuple[list[Any], list[Any]]:
+    """(training rows, validation rows): ``n`` seeded rows of ``rows`` whose ids are in ``distractor``."""
+    pool = [ex for ex in rows if id(ex) in distractor]
     if not 0 < n < len(pool):
         raise SystemExit(f"--validation-distractor {n}: choose 1 to {len(pool) - 1} (of {len(pool)} rows)")
     from gumbel_rag.trainer import split_validation

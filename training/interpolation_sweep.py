@@ -76,8 +76,7 @@ def validation_rows(
     if guard.startswith("distractor-"):
         from compare import held_out_rows  # training/compare.py, beside this script
 
-        pool = [ex for ex in rows if id(ex) in distractor]
-        return held_out_rows(rows, pool, int(guard.removeprefix("distractor-")), config["seed"])[1]
+        return held_out_rows(rows, distractor, int(guard.removeprefix("distractor-")), config["seed"])[1]
     from gumbel_rag.losses import build_loss
     from gumbel_rag.trainer import cap_candidates, split_validation, trainable_examples
 

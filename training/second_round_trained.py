@@ -76,28 +76,18 @@ def dev_grid(path: str, examples: Sequence[Any], weights: Sequence[float], devic
 
 def run_seed(seed: int, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
     """Train one seed, choose its serving weight on the held-out rows; its runs.jsonl row."""
-    from compare import held_out_rows
+    from compare import held_out_rows, run_config
     from second_round import TwoRoundReranker, choose
 
     from gumbel_rag.losses import build_loss
-    from gumbel_rag.trainer import TrainConfig, train
+    from gumbel_rag.trainer import train
 
     name = f"{VARIANT}-seed{seed}"
-    pool = [ex for ex in ctx["rows"] if id(ex) in ctx["distractor"]]
-    train_part, held = held_out_rows(ctx["rows"], pool, args.validation_distractor, seed)
+    train_part, held = held_out_rows(ctx["rows"], ctx["distractor"], args.validation_distractor, seed)
     reranker = TwoRoundReranker.from_pretrained(args.reranker, device=args.device)
     reranker.weight = args.train_weight
     settings = {"k": DEFAULT_K, "kappa": DEFAULT_KAPPA, "tau": DEFAULT_TAU}
-    config = TrainConfig(
-        output_dir=str(args.output / name),
-        learning_rate=args.lr,
-        batch_size=args.batch_size,
-        gradient_accumulation_steps=1,
-        max_steps=args.max_steps,
-        seed=seed,
-        save_every=10**9,
-        overwrite=True,  # a seed that did not finish (not in runs.jsonl) starts again
-    )
+    config = run_config(args, name, seed)
     start = time.perf_counter()
     result = train(reranker, build_loss("gumbel", ctx["reader"], **settings), train_part, config, held)
     train_seconds = time.perf_counter() - start
