@@ -33,6 +33,18 @@ RUNS = {
     "gumbel-cross": ("gumbel", {"k": 2}),
 }
 EMBEDDING_NUMEL = 50_000  # tensors above this size are pinned by their change's sum and sum of squares
+LR = 5e-3
+# Float32 on another CPU or a new release of a dependency reorders sums: the loss moves by ~1e-7, and
+# Adam, which divides by the gradient's own size, turns that into up to ~1% of one step (lr) on the few
+# weights whose gradient is near zero (seen: 6e-5). A changed loss or loop moves weights by whole steps.
+WEIGHT_ATOL = 0.05 * LR
+# The change's sum cancels (near 0 for some runs), so it gets an absolute floor too; methods differ in it
+# by 0.1 and more, float noise moves it by ~3e-6.
+SUM_RTOL, SUM_ATOL = 1e-3, 1e-4
+# The loss is a softmax over one question's candidates, so a cross-encoder's single-logit bias shifts
+# every score alike and gets no gradient but float noise, which Adam turns into whole steps of either
+# sign: its trained value is noise, not behaviour.
+SHIFT_ONLY = {"gumbel-cross": {"model.0.model.classifier.bias"}}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +68,7 @@ def test_run_ends_with_the_recorded_weights(
     loss = build_loss(method, None if method == "supervised" else reader, **options)
     config = TrainConfig(
         output_dir=str(tmp_path),
-        learning_rate=5e-3,
+        learning_rate=LR,
         batch_size=2,
         gradient_accumulation_steps=2,
         save_every=100,
@@ -68,11 +80,18 @@ def test_run_ends_with_the_recorded_weights(
         interpolation=1.0,  # and the trained weights are saved
     )
     train(reranker, loss, generate_multihop(8, seed=3, n_candidates=5), config)
+    moved = 0.0
     for key, value in reranker.state_dict().items():
+        if key in SHIFT_ONLY.get(name, ()):
+            continue
         if value.numel() > EMBEDDING_NUMEL:
             delta = value.float() - initial[key].float()
             got = torch.stack([delta.sum(), (delta**2).sum()])
             want = torch.cat([reference[f"{name}/{key}/delta_sum"], reference[f"{name}/{key}/delta_sq"]])
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
+            torch.testing.assert_close(got, want, rtol=SUM_RTOL, atol=SUM_ATOL, msg=f"{name}: {key}")
         else:
-            torch.testing.assert_close(value.float(), reference[f"{name}/{key}"], rtol=1e-5, atol=1e-6)
+            want = reference[f"{name}/{key}"]
+            torch.testing.assert_close(value.float(), want, rtol=1e-3, atol=WEIGHT_ATOL, msg=f"{name}: {key}")
+            moved = max(moved, (want - initial[key].float()).abs().max().item())
+    # The tolerance is far below what training moved: a changed loss or loop could not pass unseen.
+    assert moved > 10 * WEIGHT_ATOL
