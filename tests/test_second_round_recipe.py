@@ -70,12 +70,14 @@ def test_two_round_scores_rank_as_the_rule_and_train_both_rounds() -> None:
     assert first.grad.abs().sum() > 0 and second.grad.abs().sum() > 0
 
 
-def test_two_round_reranker_ranks_as_the_untrained_experiment_and_forward_agrees(tiny_bi_encoder_dir) -> None:
+@pytest.mark.parametrize("model", ["tiny_bi_encoder_dir", "tiny_cross_encoder_dir"])
+def test_two_round_reranker_ranks_as_the_untrained_experiment_and_forward_agrees(model, request) -> None:
     import torch
 
     recipe = _recipe()
-    plain = GumbelReranker.from_pretrained(str(tiny_bi_encoder_dir)).eval()
-    two = recipe.TwoRoundReranker.from_pretrained(str(tiny_bi_encoder_dir)).eval()
+    model_dir = str(request.getfixturevalue(model))
+    plain = GumbelReranker.from_pretrained(model_dir).eval()
+    two = recipe.TwoRoundReranker.from_pretrained(model_dir).eval()
     two.weight = 0.4
     queries = ["who wrote the novel", "which river is longer"]
     docs = [["a novel by Ann", "Ann was born in Oslo", "rivers", "a poem"], ["the Nile", "the Amazon", "x"]]

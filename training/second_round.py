@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from gumbel_rag import GumbelReranker
 from gumbel_rag.data import load_examples
@@ -73,6 +74,14 @@ def two_round_scores(
     return mixed.scatter_add(1, top, ceiling - mixed.detach().gather(1, top) + 1.0)
 
 
+def _picks(
+    queries: Sequence[str], documents: Sequence[Sequence[str]], first: torch.Tensor, valid: torch.Tensor
+) -> list[str]:
+    """The second round's queries: each question followed by its first-round top document."""
+    top = first.detach().masked_fill(~valid, torch.finfo(first.dtype).min).argmax(-1).tolist()
+    return [f"{q} {docs[t]}" if docs else q for q, docs, t in zip(queries, documents, top, strict=True)]
+
+
 class TwoRoundReranker(GumbelReranker):
     """A reranker that ranks in two rounds: its first pick, then the rest against the question + that pick.
 
@@ -88,10 +97,26 @@ class TwoRoundReranker(GumbelReranker):
         self, queries: Sequence[str], documents: Sequence[Sequence[str]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Two-round scores (B, N) with grad, and the mask of real candidates."""
-        first, valid = super().forward(queries, documents)
-        top = first.detach().masked_fill(~valid, torch.finfo(first.dtype).min).argmax(-1).tolist()
-        picks = [f"{q} {docs[t]}" if docs else q for q, docs, t in zip(queries, documents, top, strict=True)]
-        second, _ = super().forward(picks, documents)
+        if self.kind != "bi-encoder":
+            first, valid = super().forward(queries, documents)
+            second, _ = super().forward(_picks(queries, documents, first, valid), documents)
+            return two_round_scores(first, second, valid, self.weight), valid
+        # A bi-encoder's document embeddings do not depend on the query: both rounds share one pass
+        # over the documents (most of the cost), and only the queries are encoded twice.
+        flat = [self._clip(d) for docs in documents for d in docs]
+        d_emb = self._bucketed([len(d) for d in flat], flat, self._embed_many)
+        counts = [len(docs) for docs in documents]
+        valid = nn.utils.rnn.pad_sequence(
+            [torch.ones(n, dtype=torch.bool, device=self.device) for n in counts], batch_first=True
+        )
+
+        def scores(query_texts: Sequence[str]) -> torch.Tensor:
+            q_emb = self._embed([self._clip(q) for q in query_texts])
+            rows = [(d @ q) / self.temperature for d, q in zip(d_emb.split(counts), q_emb, strict=True)]
+            return nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+        first = scores(queries)
+        second = scores(_picks(queries, documents, first, valid))
         return two_round_scores(first, second, valid, self.weight), valid
 
     def score_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]]) -> list[list[float]]:
