@@ -309,9 +309,14 @@ def held_out_rows(
 
 def guard_name(args: argparse.Namespace) -> str:
     """How a run was guarded, for runs.jsonl: none, the shipped default, or a held-out distractor split."""
-    if args.no_guard:
+    if getattr(args, "no_guard", False):
         return "none"
     return f"distractor-{args.validation_distractor}" if args.validation_distractor else "default"
+
+
+def held_out_count(guard: str) -> int | None:
+    """N of a ``distractor-N`` guard (rows held out of train_distractor_100.json), else None."""
+    return int(guard.removeprefix("distractor-")) if guard.startswith("distractor-") else None
 
 
 def out_of_time(max_minutes: float | None, elapsed_s: float, durations: Sequence[float]) -> bool:

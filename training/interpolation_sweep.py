@@ -72,11 +72,11 @@ def validation_rows(
     A run of ``compare.py --validation-distractor N`` (guard ``distractor-N``) held out N rows of
     train_distractor_100.json before training; ``distractor`` holds those rows' object ids.
     """
-    guard = run.get("guard", "default")
-    if guard.startswith("distractor-"):
-        from compare import held_out_rows  # training/compare.py, beside this script
+    from compare import held_out_count, held_out_rows  # training/compare.py, beside this script
 
-        return held_out_rows(rows, distractor, int(guard.removeprefix("distractor-")), config["seed"])[1]
+    n = held_out_count(run.get("guard", "default"))
+    if n is not None:
+        return held_out_rows(rows, distractor, n, config["seed"])[1]
     from gumbel_rag.losses import build_loss
     from gumbel_rag.trainer import cap_candidates, split_validation, trainable_examples
 
@@ -162,6 +162,7 @@ def logged_validation(run_dir: Path, ks: Sequence[int], split: str = "validation
 def score_run(run: dict[str, Any], alphas: Sequence[float], ctx: dict[str, Any], sweep_file: Path) -> None:
     """Score the run's kept checkpoint at every weight not yet in ``sweep_file``, appending each row."""
     import torch
+    from compare import held_out_count
 
     from gumbel_rag.evaluation import evaluate_reranker
     from gumbel_rag.trainer import mean_ndcg
@@ -176,7 +177,7 @@ def score_run(run: dict[str, Any], alphas: Sequence[float], ctx: dict[str, Any],
         ex for ex in validation_rows(run, config, ctx["rows"], ctx["reader"], ctx["distractor"]) if ex.gold
     ]
     # Rows held out before training reach the trainer as its dev set, and are logged under that name.
-    split = "dev" if run.get("guard", "default").startswith("distractor-") else "validation"
+    split = "dev" if held_out_count(run.get("guard", "default")) is not None else "validation"
     trained, model, logged = (
         kept_weights(run_dir, run["best_step"]),
         ctx["model"],

@@ -51,6 +51,11 @@ def _top(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda i: scores[i])
 
 
+def _tops(first: Sequence[Sequence[float]]) -> list[int]:
+    """The first round's top index per list (0 for an empty list, which has no pick)."""
+    return [_top(s) if s else 0 for s in first]
+
+
 def second_round_ranking(first: Sequence[float], second: Sequence[float], weight: float) -> list[int]:
     """Indices best first: the first round's top document, then the rest by the mixed score."""
     top = _top(first)
@@ -74,12 +79,19 @@ def two_round_scores(
     return mixed.scatter_add(1, top, ceiling - mixed.detach().gather(1, top) + 1.0)
 
 
+def pick_queries(
+    queries: Sequence[str], documents: Sequence[Sequence[str]], tops: Sequence[int]
+) -> list[str]:
+    """The second round's queries: each question followed by its first-round top document."""
+    return [f"{q} {docs[t]}" if docs else q for q, docs, t in zip(queries, documents, tops, strict=True)]
+
+
 def _picks(
     queries: Sequence[str], documents: Sequence[Sequence[str]], first: torch.Tensor, valid: torch.Tensor
 ) -> list[str]:
-    """The second round's queries: each question followed by its first-round top document."""
+    """:func:`pick_queries` for padded first-round scores."""
     top = first.detach().masked_fill(~valid, torch.finfo(first.dtype).min).argmax(-1).tolist()
-    return [f"{q} {docs[t]}" if docs else q for q, docs, t in zip(queries, documents, top, strict=True)]
+    return pick_queries(queries, documents, top)
 
 
 class TwoRoundReranker(GumbelReranker):
@@ -122,7 +134,7 @@ class TwoRoundReranker(GumbelReranker):
     def score_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]]) -> list[list[float]]:
         """Two-round scores of each query's documents (no grad)."""
         first = super().score_batch(queries, documents)
-        picks = [f"{q} {d[_top(s)]}" if d else q for q, d, s in zip(queries, documents, first, strict=True)]
+        picks = pick_queries(queries, documents, _tops(first))
         second = super().score_batch(picks, documents)
         out = []
         for f, s in zip(first, second, strict=True):
@@ -142,17 +154,23 @@ def round_scores(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*exceed the model's limit", category=UserWarning)
         first = reranker.score_batch([ex.question for ex in examples], docs)
-        queries = [f"{ex.question} {d[_top(s)]}" for ex, d, s in zip(examples, docs, first, strict=True)]
+        queries = pick_queries([ex.question for ex in examples], docs, _tops(first))
         second = reranker.score_batch(queries, docs)
     return list(zip(first, second, strict=True))
 
 
 def grid(
-    reranker: GumbelReranker, examples: Sequence[QAExample], weights: Sequence[float]
+    reranker: GumbelReranker,
+    examples: Sequence[QAExample],
+    weights: Sequence[float],
+    scores: Sequence[tuple[list[float], list[float]]] | None = None,
 ) -> dict[float, dict[str, float]]:
-    """Mean metrics (:func:`evaluate_reranker`'s) of every weight on ``examples`` (labelled rows only)."""
+    """Mean metrics (:func:`evaluate_reranker`'s) of every weight on ``examples`` (labelled rows only).
+
+    ``scores``: :func:`round_scores` of the labelled rows, when the caller has them already.
+    """
     examples = [ex for ex in examples if ex.gold]
-    scores = round_scores(reranker, examples)
+    scores = round_scores(reranker, examples) if scores is None else scores
     return {
         w: evaluate_reranker(reranker, examples, rankings=[second_round_ranking(*s, w) for s in scores])
         for w in weights

@@ -65,20 +65,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def dev_grid(path: str, examples: Sequence[Any], weights: Sequence[float], device: str | None) -> dict:
-    """Every serving weight's metrics on ``examples``, for the trained model at ``path``."""
-    from second_round import grid
+def run_seed(
+    seed: int, args: argparse.Namespace, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train one seed, choose its serving weight on the held-out rows; its runs.jsonl row and dev scores."""
+    from compare import guard_name, held_out_rows, run_config
+    from second_round import TwoRoundReranker, choose, grid, round_scores, second_round_ranking
+    from significance import per_question
 
     from gumbel_rag import GumbelReranker
-
-    return grid(GumbelReranker.from_pretrained(path, device=device).eval(), examples, weights)
-
-
-def run_seed(seed: int, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Train one seed, choose its serving weight on the held-out rows; its runs.jsonl row."""
-    from compare import held_out_rows, run_config
-    from second_round import TwoRoundReranker, choose
-
     from gumbel_rag.losses import build_loss
     from gumbel_rag.trainer import train
 
@@ -91,11 +86,15 @@ def run_seed(seed: int, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[s
     start = time.perf_counter()
     result = train(reranker, build_loss("gumbel", ctx["reader"], **settings), train_part, config, held)
     train_seconds = time.perf_counter() - start
-    path = str(args.output / name)
-    on_held = dev_grid(path, held, args.weights, args.device)
+    # The saved weights as a plain reranker: round_scores gives both rounds, grid mixes them per weight.
+    trained = GumbelReranker.from_pretrained(str(args.output / name), device=args.device).eval()
+    on_held = grid(trained, held, args.weights)
     weight = choose(on_held)
-    on_dev = dev_grid(path, ctx["dev"], args.weights, args.device)
-    return {
+    labelled = [ex for ex in ctx["dev"] if ex.gold]
+    dev_scores = round_scores(trained, labelled)
+    on_dev = grid(trained, labelled, args.weights, scores=dev_scores)
+    rankings = [second_round_ranking(*pair, weight) for pair in dev_scores]
+    row = {
         "name": name,
         "variant": VARIANT,
         "method": "gumbel",
@@ -106,7 +105,7 @@ def run_seed(seed: int, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[s
         "train_rows": len(train_part),
         "steps": result.steps,
         "seconds_per_step": result.seconds_per_step,
-        "guard": f"distractor-{args.validation_distractor}",
+        "guard": guard_name(args),
         "best_step": result.best_step,
         "validation_rows": result.validation_rows,
         "train_seconds": train_seconds,
@@ -114,18 +113,15 @@ def run_seed(seed: int, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[s
         "dev_by_weight": {str(w): m for w, m in on_dev.items()},
         "metrics": on_dev[weight],
     }
+    return row, per_question(trained, labelled, rankings=rankings)
 
 
-def record(row: dict[str, Any], args: argparse.Namespace, ctx: dict[str, Any]) -> None:
+def record(row: dict[str, Any], scores: dict[str, Any], args: argparse.Namespace) -> None:
     """Append the row to runs.jsonl and its per-question dev scores (at its weight) for the bootstrap."""
-    from second_round import TwoRoundReranker
-    from significance import append_scores, dev_key, per_question, score_key
+    from significance import append_scores, dev_key, score_key
 
-    model = TwoRoundReranker.from_pretrained(str(args.output / row["name"]), device=args.device).eval()
-    model.weight = row["second_round_weight"]
-    labelled = [ex for ex in ctx["dev"] if ex.gold]
     key = score_key(row, dev_key(args.data_dir / "dev_distractor_100.json", args.dev_limit), args.reranker)
-    append_scores(args.output / "per_question.jsonl", row["name"], key, per_question(model, labelled))
+    append_scores(args.output / "per_question.jsonl", row["name"], key, scores)
     with (args.output / "runs.jsonl").open("a", encoding="utf8") as fh:
         fh.write(json.dumps(row) + "\n")
     m = row["metrics"]
@@ -160,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for seed in (int(s) for s in args.seeds.split(",")):
         if f"{VARIANT}-seed{seed}" in load_done(args.output / "runs.jsonl"):
             continue
-        row = run_seed(seed, args, ctx)
-        record(row, args, ctx)
+        row, scores = run_seed(seed, args, ctx)
+        record(row, scores, args)
         written.append(row)
     return written
 

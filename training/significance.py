@@ -47,11 +47,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def per_question(reranker: Any, examples: Sequence[Any], k: int = 5) -> dict[str, np.ndarray]:
-    """Per labelled question: Recall@k, and indirect Recall@k (NaN where it has no indirect gold)."""
+def per_question(
+    reranker: Any, examples: Sequence[Any], k: int = 5, rankings: Sequence[Sequence[int]] | None = None
+) -> dict[str, np.ndarray]:
+    """Per labelled question: Recall@k, and indirect Recall@k (NaN where it has no indirect gold).
+
+    ``rankings``: the examples' rankings when the caller has them (else the reranker ranks them).
+    """
     from gumbel_rag.evaluation import example_metrics
 
-    rows = example_metrics(reranker, examples, (k,))
+    rows = example_metrics(reranker, examples, (k,), rankings=rankings)
     direct = [d[f"recall@{k}"] for d, _ in rows]
     indirect = [np.nan if ind is None else ind[f"indirect_recall@{k}"] for _, ind in rows]
     return {f"recall@{k}": np.array(direct), f"indirect_recall@{k}": np.array(indirect)}
