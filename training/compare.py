@@ -257,13 +257,7 @@ def run_all(args: argparse.Namespace) -> None:
                     "method": variant.method,
                     "seed": seed,
                     "settings": settings,
-                    "train_rows": len(train_part),
-                    "steps": result.steps,
-                    "seconds_per_step": result.seconds_per_step,
-                    "guard": guard_name(args),
-                    "best_step": result.best_step,
-                    "validation_rows": result.validation_rows,
-                    "train_seconds": train_seconds,
+                    **run_facts(result, len(train_part), train_seconds, args),
                     "metrics": evaluate(reranker, reader, dev, answer_set, args),
                 }
             )
@@ -305,6 +299,19 @@ def held_out_rows(
         raise SystemExit(f"--validation-distractor {n}: could not hold out {n} of {len(pool)} rows")
     held_ids = {id(ex) for ex in held}
     return [ex for ex in rows if id(ex) not in held_ids], held
+
+
+def run_facts(result: Any, train_rows: int, train_seconds: float, args: argparse.Namespace) -> dict[str, Any]:
+    """What runs.jsonl records of a finished training run besides its name, settings and metrics."""
+    return {
+        "train_rows": train_rows,
+        "steps": result.steps,
+        "seconds_per_step": result.seconds_per_step,
+        "guard": guard_name(args),
+        "best_step": result.best_step,
+        "validation_rows": result.validation_rows,
+        "train_seconds": train_seconds,
+    }
 
 
 def guard_name(args: argparse.Namespace) -> str:

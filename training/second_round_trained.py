@@ -69,7 +69,7 @@ def run_seed(
     seed: int, args: argparse.Namespace, ctx: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train one seed, choose its serving weight on the held-out rows; its runs.jsonl row and dev scores."""
-    from compare import guard_name, held_out_rows, run_config
+    from compare import held_out_rows, run_config, run_facts
     from second_round import TwoRoundReranker, choose, grid, round_scores, second_round_ranking
     from significance import per_question
 
@@ -102,13 +102,7 @@ def run_seed(
         "settings": {**settings, "train_weight": args.train_weight},
         "second_round_weight": weight,
         "scored_by": SCORED_BY,
-        "train_rows": len(train_part),
-        "steps": result.steps,
-        "seconds_per_step": result.seconds_per_step,
-        "guard": guard_name(args),
-        "best_step": result.best_step,
-        "validation_rows": result.validation_rows,
-        "train_seconds": train_seconds,
+        **run_facts(result, len(train_part), train_seconds, args),
         "validation_by_weight": {str(w): m for w, m in on_held.items()},
         "dev_by_weight": {str(w): m for w, m in on_dev.items()},
         "metrics": on_dev[weight],
