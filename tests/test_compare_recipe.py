@@ -163,3 +163,52 @@ def test_validation_distractor_guards_every_run_with_the_held_out_rows(
     rows = [json.loads(line) for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
     run = rows[1]
     assert run["guard"] == "distractor-5" and run["validation_rows"] == 5 and run["train_rows"] == 11
+
+
+def test_a_run_killed_part_way_continues_from_its_checkpoint(
+    shared_data, tiny_bi_encoder_dir, tiny_reader_dir, tmp_path
+) -> None:
+    """A kill after a checkpoint, simulated on real files (a kill cannot be timed inside one test): a
+    finished run's directory without its saved model, later checkpoints and runs.jsonl row."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from gumbel_rag.checkpoints import list_checkpoints
+
+    recipe = _recipe()
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = [
+        "--data-dir", str(shared_data / "hotpotqa"), "--methods", "gumbel", "--seeds", "0",
+        "--no-retrieved", "--no-answers", "--train-limit", "12", "--dev-limit", "4",
+        "--max-document-tokens", "16", "--batch-size", "2", "--checkpoint-every", "2", "--no-guard",
+        "--reranker", str(tiny_bi_encoder_dir), "--reader", str(tiny_reader_dir), "--device", "cpu",
+        "--report", str(tmp_path / "r.md"), "--figure", str(tmp_path / "r.png"),
+    ]  # fmt: skip
+    (tmp_path / "r.md").write_text("<!-- compare:begin -->\n<!-- compare:end -->\n")
+    recipe.main([*args, "--output", str(full)])
+    done = [json.loads(line) for line in (full / "runs.jsonl").read_text().splitlines()]
+    steps = done[-1]["steps"]
+    assert steps >= 4 and "resumed_from_step" not in done[-1]
+
+    shutil.copytree(full, killed)
+    run = killed / "gumbel-seed0"
+    for name in ("gumbel_rag.json", "modules.json", "model.safetensors"):
+        (run / name).unlink(missing_ok=True)
+    kept = next(p for p in list_checkpoints(run / "checkpoints") if int(p.name.removeprefix("step-")) < steps)
+    for later in list_checkpoints(run / "checkpoints"):
+        if later != kept:
+            shutil.rmtree(later)
+    (killed / "runs.jsonl").write_text((killed / "runs.jsonl").read_text().splitlines()[0] + "\n")
+    assert recipe.resume_step(run) == int(kept.name.removeprefix("step-"))
+
+    recipe.main([*args, "--output", str(killed)])
+    row = json.loads((killed / "runs.jsonl").read_text().splitlines()[-1])
+    assert row["resumed_from_step"] == int(kept.name.removeprefix("step-")) and row["steps"] == steps
+    assert row["best_step"] == done[-1]["best_step"]
+    a = load_file(str(full / "gumbel-seed0" / "model.safetensors"))
+    b = load_file(str(run / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
+    assert recipe.resume_step(run) is None  # finished: its saved model is there

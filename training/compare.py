@@ -12,10 +12,11 @@ validation split of the *training* rows, the best checkpoint, early stopping, ha
 the dev set, so a validation set like the traffic) instead of 10% of all training rows.
 
 Every finished run is appended to ``OUTPUT/runs.jsonl`` and skipped when the command is run again, so an
-interrupted comparison resumes; several processes may share one ``--output`` when each gets its own
-``--methods`` (on a 2-core CPU, two single-threaded processes beat one). At the end the table (mean and
-spread over seeds) is written between the markers of ``--report`` (docs/results.md), and a bar chart to
-``--figure``.
+interrupted comparison resumes; a run killed part-way continues from its newest checkpoint (one every
+``--checkpoint-every`` steps; the trainer refuses one of another run's settings); several processes may
+share one ``--output`` when each gets its own ``--methods`` (on a 2-core CPU, two single-threaded
+processes beat one). At the end the table (mean and spread over seeds) is written between the markers of
+``--report`` (docs/results.md), and a bar chart to ``--figure``.
 
     python training/compare.py --data-dir ../shared/data/hotpotqa --output runs/compare        # full
     python training/compare.py --report-only --output runs/compare                              # tables
@@ -45,6 +46,8 @@ TABLE_METRICS = (
     "answer_em@5",
     "answer_f1@5",
 )
+# A checkpoint (weights + optimizer, ~0.3 GB for MiniLM) costs a second or two; a CPU step costs 10-60 s.
+CHECKPOINT_EVERY = 10
 # The G-Rerank ablations the issue asks for: no noise, smaller k, other tau and kappa.
 ABLATIONS = {
     "gumbel-no-noise": {"noise": False},
@@ -117,6 +120,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start no run that would end past this many minutes (estimated from this call's runs); "
         "rerun to resume, e.g. across short GPU sessions",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=CHECKPOINT_EVERY,
+        help="optimizer steps between checkpoints; a run killed part-way continues from its newest",
     )
     p.add_argument("--max-document-tokens", type=int, default=128, help="reader tokens per document")
     p.add_argument(
@@ -196,7 +205,6 @@ def run_all(args: argparse.Namespace) -> None:
     from gumbel_rag.data import load_examples
     from gumbel_rag.losses import build_loss
     from gumbel_rag.readers import DocumentStateCache, load_reader
-    from gumbel_rag.trainer import train
 
     started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -243,12 +251,13 @@ def run_all(args: argparse.Namespace) -> None:
             run_start = time.perf_counter()
             reranker = GumbelReranker.from_pretrained(args.reranker, device=args.device)
             loss = build_loss(variant.method, reader if variant.method != "supervised" else None, **settings)
-            config = run_config(args, name, seed)
+            resume_from = resume_step(args.output / name)
+            config = run_config(args, name, seed, resume_from)
             train_part, held_out = rows, None
             if args.validation_distractor:
                 train_part, held_out = held_out_rows(rows, distractor, args.validation_distractor, seed)
             start = time.perf_counter()
-            result = train(reranker, loss, train_part, config, dev_examples=held_out)
+            result = train_run(reranker, loss, train_part, config, held_out)
             train_seconds = time.perf_counter() - start
             record(
                 {
@@ -257,18 +266,19 @@ def run_all(args: argparse.Namespace) -> None:
                     "method": variant.method,
                     "seed": seed,
                     "settings": settings,
-                    **run_facts(result, len(train_part), train_seconds, args),
+                    **run_facts(result, len(train_part), train_seconds, args, resume_from),
                     "metrics": evaluate(reranker, reader, dev, answer_set, args),
                 }
             )
             durations.append(time.perf_counter() - run_start)
 
 
-def run_config(args: argparse.Namespace, name: str, seed: int) -> Any:
+def run_config(args: argparse.Namespace, name: str, seed: int, resume_from: int | None = None) -> Any:
     """The TrainConfig of one run: the same optimisation for every method, into ``OUTPUT/name``.
 
     The shipped guard (validation split of the training rows, best checkpoint, early stopping, half-way
-    interpolation) unless ``--no-guard``; dev is never the validation set.
+    interpolation) unless ``--no-guard``; dev is never the validation set. ``resume_from`` (see
+    :func:`resume_step`) continues a run killed part-way instead of starting it again.
     """
     from gumbel_rag.trainer import TrainConfig
 
@@ -279,10 +289,43 @@ def run_config(args: argparse.Namespace, name: str, seed: int) -> Any:
         gradient_accumulation_steps=1,
         max_steps=args.max_steps,
         seed=seed,
-        save_every=10**9,
-        overwrite=True,  # a run that did not finish (not in runs.jsonl) starts again
+        save_every=args.checkpoint_every,
+        resume=resume_from is not None,
+        overwrite=resume_from is None,  # nothing to continue: an earlier attempt's files are replaced
         **(NO_GUARD if getattr(args, "no_guard", False) else {}),
     )
+
+
+def train_run(
+    reranker: Any, loss: Any, rows: Sequence[Any], config: Any, held_out: Sequence[Any] | None
+) -> Any:
+    """``gumbel_rag.trainer.train`` for one run; a checkpoint of other settings stops with what to do."""
+    from gumbel_rag.errors import TrainingError
+    from gumbel_rag.trainer import train
+
+    try:
+        return train(reranker, loss, rows, config, dev_examples=held_out)
+    except TrainingError as err:
+        if not config.resume:
+            raise
+        raise SystemExit(
+            f"{err}\n{config.output_dir} is an unfinished run of other settings: rerun with the options "
+            "it was started with, or delete that directory to train it afresh"
+        ) from err
+
+
+def resume_step(run_dir: Path) -> int | None:
+    """The step a run killed part-way continues from (its newest complete checkpoint), else None.
+
+    None too when the run saved its model (killed while being evaluated: it trains again) or never
+    reached a checkpoint.
+    """
+    from gumbel_rag.checkpoints import newest_complete, run_artifacts
+
+    latest, _ = newest_complete(run_dir / "checkpoints")
+    if latest is None or "a saved model" in run_artifacts(run_dir):
+        return None
+    return int(latest.name.removeprefix("step-"))
 
 
 def held_out_rows(
@@ -301,9 +344,19 @@ def held_out_rows(
     return [ex for ex in rows if id(ex) not in held_ids], held
 
 
-def run_facts(result: Any, train_rows: int, train_seconds: float, args: argparse.Namespace) -> dict[str, Any]:
-    """What runs.jsonl records of a finished training run besides its name, settings and metrics."""
+def run_facts(
+    result: Any,
+    train_rows: int,
+    train_seconds: float,
+    args: argparse.Namespace,
+    resume_from: int | None = None,
+) -> dict[str, Any]:
+    """What runs.jsonl records of a finished training run besides its name, settings and metrics.
+
+    A run continued from a checkpoint says from which step: its times cover the last sitting only.
+    """
     return {
+        **({"resumed_from_step": resume_from} if resume_from is not None else {}),
         "train_rows": train_rows,
         "steps": result.steps,
         "seconds_per_step": result.seconds_per_step,

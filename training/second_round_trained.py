@@ -37,6 +37,7 @@ SCORED_BY = "training/second_round_trained.py"
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options of the experiment (the data and training options are compare.py's)."""
+    from compare import CHECKPOINT_EVERY
     from second_round import WEIGHTS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="as compare.py")
     p.add_argument("--max-steps", type=int, default=None, help="as compare.py")
     p.add_argument("--max-document-tokens", type=int, default=128, help="as compare.py")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help="as compare.py")
     p.add_argument("--reader-cache-gb", type=float, default=0.0, help="as compare.py")
     p.add_argument("--reranker", default=None, help="as compare.py")
     p.add_argument("--reader", default=None, help="as compare.py")
@@ -69,22 +71,22 @@ def run_seed(
     seed: int, args: argparse.Namespace, ctx: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train one seed, choose its serving weight on the held-out rows; its runs.jsonl row and dev scores."""
-    from compare import held_out_rows, run_config, run_facts
+    from compare import held_out_rows, resume_step, run_config, run_facts, train_run
     from second_round import TwoRoundReranker, choose, grid, round_scores, second_round_ranking
     from significance import per_question
 
     from gumbel_rag import GumbelReranker
     from gumbel_rag.losses import build_loss
-    from gumbel_rag.trainer import train
 
     name = f"{VARIANT}-seed{seed}"
     train_part, held = held_out_rows(ctx["rows"], ctx["distractor"], args.validation_distractor, seed)
     reranker = TwoRoundReranker.from_pretrained(args.reranker, device=args.device)
     reranker.weight = args.train_weight
     settings = {"k": DEFAULT_K, "kappa": DEFAULT_KAPPA, "tau": DEFAULT_TAU}
-    config = run_config(args, name, seed)
+    resume_from = resume_step(args.output / name)
+    config = run_config(args, name, seed, resume_from)
     start = time.perf_counter()
-    result = train(reranker, build_loss("gumbel", ctx["reader"], **settings), train_part, config, held)
+    result = train_run(reranker, build_loss("gumbel", ctx["reader"], **settings), train_part, config, held)
     train_seconds = time.perf_counter() - start
     # The saved weights as a plain reranker: round_scores gives both rounds, grid mixes them per weight.
     trained = GumbelReranker.from_pretrained(str(args.output / name), device=args.device).eval()
@@ -102,7 +104,7 @@ def run_seed(
         "settings": {**settings, "train_weight": args.train_weight},
         "second_round_weight": weight,
         "scored_by": SCORED_BY,
-        **run_facts(result, len(train_part), train_seconds, args),
+        **run_facts(result, len(train_part), train_seconds, args, resume_from),
         "validation_by_weight": {str(w): m for w, m in on_held.items()},
         "dev_by_weight": {str(w): m for w, m in on_dev.items()},
         "metrics": on_dev[weight],
