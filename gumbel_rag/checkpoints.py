@@ -43,8 +43,10 @@ __all__ = [
     "NoiseState",
     "checkpoint_problem",
     "checkpoint_run_id",
+    "checkpoint_step",
     "clear_run_artifacts",
     "data_fingerprint",
+    "has_saved_model",
     "identity_differences",
     "list_checkpoints",
     "load_checkpoint",
@@ -155,11 +157,17 @@ def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any], p
 # ----------------------------------------------------------------------------- what a directory holds
 
 
+def checkpoint_step(directory: Path) -> int | None:
+    """The step N of a ``step-N`` checkpoint directory (None for any other name)."""
+    m = _STEP_DIR.match(directory.name)
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """``step-N`` directories under ``root``, oldest first; ``step-best``, temporaries etc. are ignored."""
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    found = [(step, p) for p in root.iterdir() if p.is_dir() and (step := checkpoint_step(p)) is not None]
     return [p for _, p in sorted(found)]
 
 
@@ -204,10 +212,15 @@ def checkpoint_run_id(directory: Path) -> str | None:
         return None
 
 
+def has_saved_model(output: Path) -> bool:
+    """Whether ``output`` holds a saved model (gumbel-rag's settings or a model's weights or modules)."""
+    return any((output / name).is_file() for name in ("gumbel_rag.json", "modules.json", "model.safetensors"))
+
+
 def run_artifacts(output: Path) -> list[str]:
     """What in ``output`` belongs to an earlier run (a saved model, checkpoints, logs), for a message."""
     found = []
-    if any((output / name).is_file() for name in ("gumbel_rag.json", "modules.json", "model.safetensors")):
+    if has_saved_model(output):
         found.append("a saved model")
     ckpt = output / "checkpoints"
     if ckpt.is_dir() and any(ckpt.iterdir()):

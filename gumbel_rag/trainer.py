@@ -40,6 +40,7 @@ from gumbel_rag.checkpoints import (
     NoiseState,
     clear_run_artifacts,
     data_fingerprint,
+    has_saved_model,
     identity_differences,
     load_checkpoint,
     newest_complete,
@@ -476,8 +477,7 @@ class _Run:
         for line in skipped:
             logger.warning("not resuming from %s", line)
         if latest is None:
-            found = run_artifacts(self.output)
-            if "a saved model" in found:
+            if has_saved_model(self.output):
                 why = f" ({'; '.join(skipped)})" if skipped else ""
                 raise TrainingError(
                     f"--resume: {self.output} holds a saved model but no complete checkpoint to continue "

@@ -175,7 +175,7 @@ def test_a_run_killed_part_way_continues_from_its_checkpoint(
     import torch
     from safetensors.torch import load_file
 
-    from gumbel_rag.checkpoints import list_checkpoints
+    from gumbel_rag.checkpoints import checkpoint_step, list_checkpoints
 
     recipe = _recipe()
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -196,16 +196,16 @@ def test_a_run_killed_part_way_continues_from_its_checkpoint(
     run = killed / "gumbel-seed0"
     for name in ("gumbel_rag.json", "modules.json", "model.safetensors"):
         (run / name).unlink(missing_ok=True)
-    kept = next(p for p in list_checkpoints(run / "checkpoints") if int(p.name.removeprefix("step-")) < steps)
+    kept = next(p for p in list_checkpoints(run / "checkpoints") if checkpoint_step(p) < steps)
     for later in list_checkpoints(run / "checkpoints"):
         if later != kept:
             shutil.rmtree(later)
     (killed / "runs.jsonl").write_text((killed / "runs.jsonl").read_text().splitlines()[0] + "\n")
-    assert recipe.resume_step(run) == int(kept.name.removeprefix("step-"))
+    assert recipe.resume_step(run) == checkpoint_step(kept)
 
     recipe.main([*args, "--output", str(killed)])
     row = json.loads((killed / "runs.jsonl").read_text().splitlines()[-1])
-    assert row["resumed_from_step"] == int(kept.name.removeprefix("step-")) and row["steps"] == steps
+    assert row["resumed_from_step"] == checkpoint_step(kept) and row["steps"] == steps
     assert row["best_step"] == done[-1]["best_step"]
     a = load_file(str(full / "gumbel-seed0" / "model.safetensors"))
     b = load_file(str(run / "model.safetensors"))

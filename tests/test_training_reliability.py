@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from gumbel_rag import GumbelReranker
-from gumbel_rag.checkpoints import checkpoint_problem, list_checkpoints
+from gumbel_rag.checkpoints import checkpoint_problem, checkpoint_step, has_saved_model, list_checkpoints
 from gumbel_rag.data import generate_multihop
 from gumbel_rag.errors import ConfigError, TrainingError
 from gumbel_rag.losses import GumbelRerankLoss, build_loss
@@ -244,6 +244,16 @@ def test_a_stray_directory_in_checkpoints_is_ignored(tiny_bi_encoder_dir, reader
     _killed_run(tiny_bi_encoder_dir, reader, rows, out)
     (out / "checkpoints" / "step-best").mkdir()
     assert _run(tiny_bi_encoder_dir, loss, rows, out, resume=True).steps == 6
+
+
+def test_what_a_run_directory_holds_is_read_from_names_and_files(tmp_path) -> None:
+    for name in ("step-10", "step-2", "step-best", "step-3.tmp", "other"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path / "checkpoints")] == [2, 10]
+    assert checkpoint_step(tmp_path / "step-best") is None and checkpoint_step(tmp_path / "step-07") == 7
+    assert not has_saved_model(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert has_saved_model(tmp_path)
 
 
 def test_resume_without_any_complete_checkpoint_starts_over_or_refuses(

@@ -320,12 +320,12 @@ def resume_step(run_dir: Path) -> int | None:
     None too when the run saved its model (killed while being evaluated: it trains again) or never
     reached a checkpoint.
     """
-    from gumbel_rag.checkpoints import newest_complete, run_artifacts
+    from gumbel_rag.checkpoints import checkpoint_step, has_saved_model, newest_complete
 
     latest, _ = newest_complete(run_dir / "checkpoints")
-    if latest is None or "a saved model" in run_artifacts(run_dir):
+    if latest is None or has_saved_model(run_dir):
         return None
-    return int(latest.name.removeprefix("step-"))
+    return checkpoint_step(latest)
 
 
 def held_out_rows(
