@@ -38,6 +38,7 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "MANIFEST",
     "RUN_IDENTITY",
+    "SAVED_MODEL_FILES",
     "TRAINER_STATE",
     "LoopState",
     "NoiseState",
@@ -64,6 +65,8 @@ CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
 RUN_IDENTITY = "run_identity.json"
 MANIFEST = "manifest.json"
+# gumbel-rag's settings, a sentence-transformers model's modules, its weights: any one marks a saved model.
+SAVED_MODEL_FILES = ("gumbel_rag.json", "modules.json", "model.safetensors")
 _STEP_DIR = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 _HASH_CHUNK = 1 << 20
 
@@ -213,8 +216,8 @@ def checkpoint_run_id(directory: Path) -> str | None:
 
 
 def has_saved_model(output: Path) -> bool:
-    """Whether ``output`` holds a saved model (gumbel-rag's settings or a model's weights or modules)."""
-    return any((output / name).is_file() for name in ("gumbel_rag.json", "modules.json", "model.safetensors"))
+    """Whether ``output`` holds a saved model (any of SAVED_MODEL_FILES)."""
+    return any((output / name).is_file() for name in SAVED_MODEL_FILES)
 
 
 def run_artifacts(output: Path) -> list[str]:

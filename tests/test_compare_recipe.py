@@ -175,7 +175,7 @@ def test_a_run_killed_part_way_continues_from_its_checkpoint(
     import torch
     from safetensors.torch import load_file
 
-    from gumbel_rag.checkpoints import checkpoint_step, list_checkpoints
+    from gumbel_rag.checkpoints import SAVED_MODEL_FILES, checkpoint_step, list_checkpoints
 
     recipe = _recipe()
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -194,7 +194,7 @@ def test_a_run_killed_part_way_continues_from_its_checkpoint(
 
     shutil.copytree(full, killed)
     run = killed / "gumbel-seed0"
-    for name in ("gumbel_rag.json", "modules.json", "model.safetensors"):
+    for name in SAVED_MODEL_FILES:
         (run / name).unlink(missing_ok=True)
     kept = next(p for p in list_checkpoints(run / "checkpoints") if checkpoint_step(p) < steps)
     for later in list_checkpoints(run / "checkpoints"):
