@@ -212,3 +212,27 @@ def test_a_run_killed_part_way_continues_from_its_checkpoint(
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
     assert recipe.resume_step(run) is None  # finished: its saved model is there
+
+
+def test_epochs_train_every_row_again_and_the_disk_cache_holds_the_reader_states(
+    shared_data, tiny_bi_encoder_dir, tiny_reader_dir, tmp_path
+) -> None:
+    recipe = _recipe()
+    cache = tmp_path / "states"
+    args = [
+        "--data-dir", str(shared_data / "hotpotqa"), "--methods", "gumbel", "--seeds", "0",
+        "--no-retrieved", "--no-answers", "--train-limit", "8", "--dev-limit", "4",
+        "--max-document-tokens", "16", "--batch-size", "2", "--no-guard",
+        "--reranker", str(tiny_bi_encoder_dir), "--reader", str(tiny_reader_dir), "--device", "cpu",
+        "--report", str(tmp_path / "r.md"), "--figure", str(tmp_path / "r.png"),
+    ]  # fmt: skip
+    (tmp_path / "r.md").write_text("<!-- compare:begin -->\n<!-- compare:end -->\n")
+    recipe.main([*args, "--output", str(tmp_path / "one")])
+    recipe.main([*args, "--output", str(tmp_path / "two"), "--epochs", "2", "--reader-cache-dir", str(cache)])
+    one, two = (
+        json.loads((tmp_path / name / "runs.jsonl").read_text().splitlines()[-1]) for name in ("one", "two")
+    )
+    assert one["epochs"] == 1 and two["epochs"] == 2
+    assert two["steps"] == 2 * one["steps"] > 0
+    # --reader-cache-gb 0 with a directory: every document state goes to a safetensors file.
+    assert any(cache.rglob("*.safetensors"))

@@ -113,6 +113,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="G-Rerank tau (tuned by hotpotqa.py)")
     p.add_argument("--lr", type=float, default=2e-5, help="learning rate, the same for every method")
     p.add_argument("--batch-size", type=int, default=4, help="questions per optimizer step")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training rows, every method")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke tests)")
     p.add_argument(
         "--max-minutes",
@@ -139,6 +140,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="reuse the reader's document states in up to this many GiB of memory (0: off; exact either way)",
+    )
+    p.add_argument(
+        "--reader-cache-dir",
+        type=Path,
+        default=None,
+        help="spill document states beyond --reader-cache-gb to safetensors files here, so that a second "
+        "epoch reads what does not fit in memory instead of encoding it again",
     )
     p.add_argument(
         "--validation-distractor",
@@ -214,7 +222,9 @@ def run_all(args: argparse.Namespace) -> None:
     dev, _ = load_examples(args.data_dir / "dev_distractor_100.json")
     dev = dev[: args.dev_limit] if args.dev_limit else dev
     answer_set = dev[: args.answer_limit] if args.answer_limit else dev
-    cache = DocumentStateCache(max_bytes=int(args.reader_cache_gb * 2**30)) if args.reader_cache_gb else None
+    cache = None
+    if args.reader_cache_gb or args.reader_cache_dir:
+        cache = DocumentStateCache(args.reader_cache_dir, max_bytes=int(args.reader_cache_gb * 2**30))
     reader = load_reader(
         args.reader, device=args.device, max_document_tokens=args.max_document_tokens, state_cache=cache
     )
@@ -285,6 +295,7 @@ def run_config(args: argparse.Namespace, name: str, seed: int, resume_from: int 
     return TrainConfig(
         output_dir=str(args.output / name),
         learning_rate=args.lr,
+        epochs=getattr(args, "epochs", 1),
         batch_size=args.batch_size,
         gradient_accumulation_steps=1,
         max_steps=args.max_steps,
@@ -358,6 +369,7 @@ def run_facts(
     return {
         **({"resumed_from_step": resume_from} if resume_from is not None else {}),
         "train_rows": train_rows,
+        "epochs": getattr(args, "epochs", 1),
         "steps": result.steps,
         "seconds_per_step": result.seconds_per_step,
         "guard": guard_name(args),
